@@ -1,0 +1,32 @@
+# Everything installs itself: a .venv, torch==2.13.0 first (so pip never pulls a CUDA build), then instaseg[dev].
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.instaseg-installed
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/instaseg demo --out demo_output
+
+test: $(STAMP)
+	$(BIN)/ruff check instaseg tests benchmarks
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check instaseg tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_output

@@ -1,0 +1,3 @@
+from instaseg.cli.main import main
+
+raise SystemExit(main())
