@@ -6,11 +6,12 @@ STAMP := $(VENV)/.instaseg-installed
 
 .PHONY: install demo test test-slow lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard instaseg/ops/csrc/*.cpp)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q torch==2.13.0 'setuptools>=68' wheel
+	# No build isolation: the C++ ops extension compiles against the torch installed just above.
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
