@@ -163,7 +163,10 @@ def rle_area(rles: Sequence[dict]) -> np.ndarray:
     coco_rles = _to_coco_list(rles, None, "rle_area")
     if not coco_rles:
         return np.zeros(0, dtype=np.int64)
-    return coco_mask.area(coco_rles).astype(np.int64)
+    # pycocotools' `area` sizes its output by a uint8 count and overflows past 255 RLEs (dense nuclei images
+    # hold up to 375), so call it in chunks of at most 255.
+    chunks = [coco_rles[i : i + 255] for i in range(0, len(coco_rles), 255)]
+    return np.concatenate([coco_mask.area(chunk) for chunk in chunks]).astype(np.int64)
 
 
 def rle_to_boxes(rles: Sequence[dict]) -> np.ndarray:

@@ -310,3 +310,12 @@ def test_masks_to_device_and_validation() -> None:
         Masks.from_polygons([[[0, 0, 1, 0, 1, 1]], [[0, 0, 1, 1]]], (3, 3))
     with pytest.raises(ValueError, match="exactly one"):
         Masks((3, 3))
+
+
+def test_rle_area_handles_more_than_255_masks():
+    """pycocotools' area() overflows past 255 RLEs; dense nuclei images hold up to 375 objects."""
+    bitmaps = np.zeros((300, 8, 8), dtype=bool)
+    for i in range(300):
+        bitmaps[i, : 1 + i % 8, :2] = True
+    areas = rle_area(encode_rle(bitmaps))
+    np.testing.assert_array_equal(areas, bitmaps.reshape(300, -1).sum(1))
