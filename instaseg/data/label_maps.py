@@ -1,0 +1,118 @@
+"""Reader for label-map PNGs, where each pixel holds the id of the instance it belongs to (Penn-Fudan layout).
+
+    ROOT/PNGImages/<name>.png          the image (any suffix in IMAGE_SUFFIXES)
+    ROOT/PedMasks/<name>_mask.png      its label map: 0 = background, k > 0 = pixels of instance k
+
+The folder names and the suffix are parameters. Each distinct nonzero value is one instance of the single
+category; a label map with no nonzero pixel is an image without objects. Image ids are 1, 2, ... over the
+sorted image names (skipped images keep their number).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from instaseg.data.records import (
+    IMAGE_SUFFIXES,
+    AnnotationRecord,
+    CategoryRecord,
+    Dataset,
+    DatasetError,
+    ImageRecord,
+    ProblemLog,
+    bbox_and_area,
+    check_image,
+)
+from instaseg.io.images import ImageReadError
+from instaseg.structures.masks import encode_rle
+
+__all__ = ["read_label_map", "read_label_maps"]
+
+
+def read_label_maps(
+    root: str | Path,
+    *,
+    images_dir: str = "PNGImages",
+    masks_dir: str = "PedMasks",
+    mask_suffix: str = "_mask",
+    category_name: str = "object",
+    strict: bool = False,
+    decode_images: bool = True,
+) -> Dataset:
+    """Read images and their label maps under `root` into a `Dataset` with one category (id 1).
+
+    Image sizes come from the headers; with `decode_images` each image is also decoded in full so a truncated
+    file is found. A bad image or label map skips the image (listed in `Dataset.skipped`), or raises
+    `DatasetError` when `strict`; so does a label map without an image.
+    """
+    root = Path(root)
+    image_folder, label_folder = root / images_dir, root / masks_dir
+    for folder in (image_folder, label_folder):
+        if not folder.is_dir():
+            raise DatasetError(folder, "dataset layout", "no such folder")
+    image_paths = sorted(
+        p for p in image_folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not image_paths:
+        raise DatasetError(image_folder, "dataset layout", f"no image files ({', '.join(IMAGE_SUFFIXES)})")
+    log = ProblemLog(strict)
+    images = []
+    used_label_maps = set()
+    next_annotation_id = 1
+    for image_id, image_path in enumerate(image_paths, start=1):
+        label_path = label_folder / f"{image_path.stem}{mask_suffix}.png"
+        used_label_maps.add(label_path.name)
+        record = f"image '{image_path.name}'"
+        try:
+            height, width = check_image(image_path, decode_images)
+        except ImageReadError as exc:
+            log.report(image_path, record, f"{exc.reason}; the image is skipped")
+            continue
+        if not label_path.is_file():
+            log.report(label_path, record, "no label map for this image; the image is skipped")
+            continue
+        label_map, problem = read_label_map(label_path, height, width)
+        if label_map is None:
+            log.report(label_path, record, f"{problem}; the image is skipped")
+            continue
+        annotations = []
+        for instance_id in np.unique(label_map):
+            if instance_id == 0:
+                continue
+            rle = encode_rle((label_map == instance_id)[None])[0]
+            bbox, area = bbox_and_area(rle)
+            annotations.append(AnnotationRecord(next_annotation_id, 1, rle, bbox, area))
+            next_annotation_id += 1
+        file_name = image_path.relative_to(root).as_posix()
+        images.append(ImageRecord(image_id, file_name, height, width, annotations))
+    for label_path in sorted(label_folder.glob(f"*{mask_suffix}.png")):
+        if label_path.name not in used_label_maps:
+            log.report(label_path, "label map", f"no image in {images_dir}/ for this label map")
+    return Dataset(images, [CategoryRecord(1, category_name)], root, log.reports)
+
+
+def read_label_map(path: Path, height: int, width: int) -> tuple[np.ndarray | None, str | None]:
+    """The (H, W) integer label map at `path`, or None and why it cannot be used.
+
+    A usable label map has one channel of non-negative integers (modes L, P, I;16, I; a palette map's values
+    are its palette indices) and the image's size.
+    """
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            array = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return None, f"unreadable label map PNG ({exc})"
+    if array.ndim != 2:
+        return None, f"label map has {array.shape[-1]} channels (mode {mode}); instance ids need one channel"
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        return None, f"label map holds {array.dtype} values (mode {mode}); instance ids must be integers"
+    if array.shape != (height, width):
+        shape = f"{array.shape[1]}x{array.shape[0]}"
+        return None, f"label map is {shape} (WxH) but its image is {width}x{height}"
+    if array.size and array.min() < 0:
+        return None, f"label map holds negative values (min {array.min()}); instance ids must be >= 0"
+    return array, None
