@@ -1,0 +1,23 @@
+"""`instaseg demo`: segment the bundled nuclei samples with the watershed baseline and evaluate the result."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from instaseg.demo import format_demo_summary, run_demo
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run the baseline on bundled samples and evaluate it", description=__doc__
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder for results.json, report.json and PNGs"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(format_demo_summary(run_demo(args.out)))
+    return 0

@@ -1,0 +1,214 @@
+"""COCO AP/AR via faster-coco-eval, with one detection cap (`max_dets`) used consistently by every number.
+
+faster-coco-eval does the matching and accumulation (its C++ port of pycocotools' COCOeval: same arrays to
+floating-point rounding). The twelve summary numbers are read from the accumulated arrays here instead of
+pycocotools' `summarize()`, which hard-codes `maxDets=100` for the first AP and prints -1 for any other cap.
+Dense scenes (a nuclei image holds up to 375 objects) need a cap above COCO's default of 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from faster_coco_eval import COCO, COCOeval_faster
+
+from instaseg.evaluation.validation import EvaluationInputError, check_ground_truth, normalize_results
+
+STAT_NAMES = (
+    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR_max", "AR_small", "AR_medium", "AR_large",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CocoMetrics:
+    """Accumulated COCO results for one IoU type.
+
+    `stats` maps `STAT_NAMES` to values; AR_max and every AP/area-range number use `max_dets` detections per
+    image; -1 means undefined (no ground truth in that area range), as in COCO. Arrays as in COCOeval:
+    `precision (T, R, K, A, M)` and `scores (T, R, K, A, M)`, `recall (T, K, A, M)` with T IoU thresholds
+    0.5:0.05:0.95, R recall thresholds 0:0.01:1, K categories (`category_ids` order), A area ranges
+    (all, small, medium, large), M detection caps `max_dets_list`.
+    """
+
+    iou_type: str
+    max_dets: int
+    stats: dict[str, float]
+    per_class: list[dict]
+    precision: np.ndarray
+    recall: np.ndarray
+    scores: np.ndarray
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    category_ids: list[int]
+    max_dets_list: list[int]
+
+
+@dataclass(frozen=True)
+class Match:
+    """A detection matched to a ground-truth annotation: `result_index` into the results list, `gt_id` the
+    annotation id, `iou` their IoU under the evaluated IoU type."""
+
+    result_index: int
+    gt_id: int
+    iou: float
+
+
+def _silent(*_args: object, **_kwargs: object) -> None:
+    """faster-coco-eval prints progress through this hook; the report prints its own summary."""
+
+
+def _coco_pair(gt: Mapping, results: list[dict]) -> tuple[COCO, COCO]:
+    # faster-coco-eval writes its working fields ('rle', 'ignore', ...) into the annotation dicts it is given:
+    # evaluate on shallow copies so the caller's data stays untouched.
+    dataset = dict(gt)
+    dataset["annotations"] = [dict(annotation) for annotation in gt["annotations"]]
+    coco_gt = COCO(dataset, print_function=_silent)
+    coco_dt = coco_gt.loadRes([dict(record) for record in results])
+    return coco_gt, coco_dt
+
+
+def _check_max_dets(max_dets: int) -> None:
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 10:
+        raise EvaluationInputError(
+            f"max_dets must be an integer of at least 10 (COCO also reports AR at 1 and 10); got {max_dets!r}"
+        )
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    defined = values[values > -1]
+    return float(defined.mean()) if defined.size else -1.0
+
+
+def summarize(
+    precision: np.ndarray,
+    recall: np.ndarray,
+    iou_thresholds: np.ndarray,
+    max_dets_list: list[int],
+    max_dets: int,
+) -> dict[str, float]:
+    """The twelve COCO summary numbers from accumulated arrays, all at `max_dets` except AR1 and AR10.
+
+    Area index order is (all, small, medium, large) as in COCOeval's default parameters.
+    """
+    m = max_dets_list.index(max_dets)
+    t50 = int(np.flatnonzero(np.isclose(iou_thresholds, 0.5))[0])
+    t75 = int(np.flatnonzero(np.isclose(iou_thresholds, 0.75))[0])
+    return {
+        "AP": _mean_defined(precision[:, :, :, 0, m]),
+        "AP50": _mean_defined(precision[t50, :, :, 0, m]),
+        "AP75": _mean_defined(precision[t75, :, :, 0, m]),
+        "AP_small": _mean_defined(precision[:, :, :, 1, m]),
+        "AP_medium": _mean_defined(precision[:, :, :, 2, m]),
+        "AP_large": _mean_defined(precision[:, :, :, 3, m]),
+        "AR1": _mean_defined(recall[:, :, 0, max_dets_list.index(1)]),
+        "AR10": _mean_defined(recall[:, :, 0, max_dets_list.index(10)]),
+        "AR_max": _mean_defined(recall[:, :, 0, m]),
+        "AR_small": _mean_defined(recall[:, :, 1, m]),
+        "AR_medium": _mean_defined(recall[:, :, 2, m]),
+        "AR_large": _mean_defined(recall[:, :, 3, m]),
+    }
+
+
+def _per_class(
+    gt: Mapping, results: list[dict], precision: np.ndarray, iou_thresholds: np.ndarray, m: int
+) -> list[dict]:
+    names = {category["id"]: str(category.get("name", category["id"])) for category in gt["categories"]}
+    num_gt: dict[int, int] = {}
+    for annotation in gt["annotations"]:
+        if not annotation.get("iscrowd", 0):
+            num_gt[annotation["category_id"]] = num_gt.get(annotation["category_id"], 0) + 1
+    num_dets: dict[int, int] = {}
+    for record in results:
+        num_dets[record["category_id"]] = num_dets.get(record["category_id"], 0) + 1
+    t50 = int(np.flatnonzero(np.isclose(iou_thresholds, 0.5))[0])
+    t75 = int(np.flatnonzero(np.isclose(iou_thresholds, 0.75))[0])
+    rows = []
+    for k, category_id in enumerate(sorted(names)):
+        rows.append(
+            {
+                "category_id": category_id,
+                "name": names[category_id],
+                "num_gt": num_gt.get(category_id, 0),
+                "num_detections": num_dets.get(category_id, 0),
+                "AP": _mean_defined(precision[:, :, k, 0, m]),
+                "AP50": _mean_defined(precision[t50, :, k, 0, m]),
+                "AP75": _mean_defined(precision[t75, :, k, 0, m]),
+            }
+        )
+    return rows
+
+
+def evaluate_coco(
+    gt: Mapping,
+    results: list,
+    iou_type: str = "segm",
+    max_dets: int = 100,
+    *,
+    allow_empty_results: bool = False,
+    gt_source: str = "ground truth",
+    results_source: str = "results",
+) -> CocoMetrics:
+    """COCO evaluation of `results` (COCO result records) against `gt` (a COCO instances dataset dict).
+
+    `iou_type` is "segm", "bbox" or "boundary" (Boundary AP of Cheng et al. 2021 as faster-coco-eval computes
+    it: a pair's IoU is min(mask IoU, boundary IoU), boundary band 2% of the image diagonal). Every number
+    uses at most `max_dets` detections per image (highest scores first). Inputs are validated first (see
+    `instaseg.evaluation.validation`); `*_source` name the inputs in error messages.
+    """
+    _check_max_dets(max_dets)
+    check_ground_truth(gt, gt_source, iou_type)
+    records = normalize_results(results, gt, iou_type, results_source, allow_empty_results)
+    coco_gt, coco_dt = _coco_pair(gt, records)
+    evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent)
+    evaluator.params.maxDets = [1, 10, max_dets]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    params = evaluator.params
+    max_dets_list = [int(m) for m in params.maxDets]
+    precision = np.asarray(evaluator.eval["precision"])
+    recall = np.asarray(evaluator.eval["recall"])
+    m = max_dets_list.index(max_dets)
+    return CocoMetrics(
+        iou_type=iou_type,
+        max_dets=max_dets,
+        stats=summarize(precision, recall, params.iouThrs, max_dets_list, max_dets),
+        per_class=_per_class(gt, records, precision, params.iouThrs, m),
+        precision=precision,
+        recall=recall,
+        scores=np.asarray(evaluator.eval["scores"]),
+        iou_thresholds=np.asarray(params.iouThrs),
+        recall_thresholds=np.asarray(params.recThrs),
+        category_ids=[int(c) for c in params.catIds],
+        max_dets_list=max_dets_list,
+    )
+
+
+def match_detections(
+    gt: Mapping, results: list[dict], iou_type: str = "segm", max_dets: int = 100, iou_threshold: float = 0.5
+) -> list[Match]:
+    """Detection/ground-truth pairs that the COCO matcher pairs at `iou_threshold` (area range "all").
+
+    `results` must already be normalised (`normalize_results`). COCO's greedy rule: detections in decreasing
+    score order (the top `max_dets` per image and category) each take the unmatched ground truth of the same
+    category with the highest IoU >= `iou_threshold`; a crowd annotation can take several detections. Pairs
+    with crowd annotations are included (see `gt_id`).
+    """
+    _check_max_dets(max_dets)
+    coco_gt, coco_dt = _coco_pair(gt, results)
+    evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent, extra_calc=True)
+    params = evaluator.params
+    params.maxDets = [max_dets]
+    params.iouThrs = np.array([iou_threshold])
+    params.areaRng = [[0.0, 1e10]]
+    params.areaRngLbl = ["all"]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    matches = []
+    for key, iou in evaluator.eval["matched"].items():
+        dt_id, gt_id = (int(part) for part in key.split("_", 1))
+        # loadRes numbers result records 1..N in list order.
+        matches.append(Match(result_index=dt_id - 1, gt_id=gt_id, iou=float(iou)))
+    return sorted(matches, key=lambda match: match.result_index)

@@ -1,0 +1,176 @@
+"""The evaluation report behind `instaseg eval`: COCO AP (+ Boundary AP), matched-mask quality, DSB score.
+
+`evaluate_files` reads a COCO ground-truth file and a COCO results file, computes everything with one
+detection cap, writes the report JSON and one precision-recall PNG per IoU type, and returns the report as a
+dict that `format_report` turns into the printed summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from instaseg.engine.atomic import atomic_write
+from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, evaluate_coco, match_detections
+from instaseg.evaluation.dsb import dsb_score
+from instaseg.evaluation.mask_quality import mask_quality
+from instaseg.evaluation.pr_curve import plot_pr_curve, pr_curve_data
+from instaseg.evaluation.validation import (
+    EvaluationInputError,
+    check_ground_truth,
+    normalize_results,
+    read_json,
+)
+
+REPORT_IOU_TYPES = ("segm", "bbox")
+
+
+def _coco_section(metrics: CocoMetrics) -> dict:
+    return {"stats": metrics.stats, "per_class": metrics.per_class, "pr_curve": pr_curve_data(metrics)}
+
+
+def evaluate(
+    gt: Mapping,
+    results: list,
+    *,
+    iou_type: str = "segm",
+    max_dets: int = 100,
+    min_score: float = 0.0,
+    gt_source: str = "ground truth",
+    results_source: str = "results",
+) -> tuple[dict, dict[str, CocoMetrics]]:
+    """Every metric of the report for in-memory COCO `gt` (dataset dict) and `results` (result records).
+
+    iou_type "segm" gives mask AP, Boundary AP, matched-mask IoU/Dice/boundary IoU, foreground Dice and the
+    DSB score; "bbox" gives box AP only. `max_dets` caps detections per image for every COCO number;
+    `min_score` filters detections for the threshold-dependent pixel metrics (DSB score, foreground Dice).
+    Returns (the JSON-ready report dict, the CocoMetrics per evaluated IoU type).
+    """
+    if iou_type not in REPORT_IOU_TYPES:
+        raise EvaluationInputError(f"iou_type must be one of {REPORT_IOU_TYPES}; got {iou_type!r}")
+    check_ground_truth(gt, gt_source, iou_type)
+    records = normalize_results(results, gt, iou_type, results_source)
+    metrics = {iou_type: evaluate_coco(gt, records, iou_type, max_dets)}
+    report: dict = {
+        "ground_truth": gt_source,
+        "results": results_source,
+        "iou_type": iou_type,
+        "max_dets": max_dets,
+        "num_images": len(gt["images"]),
+        "num_gt_instances": sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0)),
+        "num_detections": len(records),
+    }
+    if iou_type == "segm":
+        metrics["boundary"] = evaluate_coco(gt, records, "boundary", max_dets)
+        quality = mask_quality(gt, records, match_detections(gt, records, "segm", max_dets), min_score)
+        dsb = dsb_score(gt, records, min_score)
+        report["matched_masks"] = {
+            "iou_threshold": 0.5,
+            "num_matched": quality.num_matched,
+            "mean_iou": quality.mean_iou,
+            "mean_dice": quality.mean_dice,
+            "mean_boundary_iou": quality.mean_boundary_iou,
+        }
+        report["pixel_metrics"] = {
+            "min_score": min_score,
+            "foreground_dice": quality.foreground_dice,
+            "dsb_score": dsb.score,
+            "dsb_per_image": [{"image_id": k, "score": v} for k, v in dsb.per_image.items()],
+        }
+    report["coco"] = {name: _coco_section(m) for name, m in metrics.items()}
+    return report, metrics
+
+
+def _plot_paths(out: Path, iou_types: list[str]) -> dict[str, Path]:
+    return {name: out.with_name(f"{out.stem}_pr_{name}.png") for name in iou_types}
+
+
+def evaluate_files(
+    gt_path: str | Path,
+    results_path: str | Path,
+    *,
+    iou_type: str = "segm",
+    max_dets: int = 100,
+    out: str | Path | None = None,
+    min_score: float = 0.0,
+) -> dict:
+    """Evaluate the COCO results file `results_path` against the COCO ground truth `gt_path` (see `evaluate`).
+
+    With `out`, writes the report JSON there and a precision-recall PNG per IoU type beside it
+    (`<out stem>_pr_<iou type>.png`), all atomically; their paths are listed in the report under "files".
+    """
+    gt = read_json(gt_path, "ground-truth")
+    results = read_json(results_path, "results")
+    report, metrics = evaluate(
+        gt,
+        results,
+        iou_type=iou_type,
+        max_dets=max_dets,
+        min_score=min_score,
+        gt_source=str(gt_path),
+        results_source=str(results_path),
+    )
+    if out is not None:
+        out = Path(out)
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"output folder does not exist: {out.parent}")
+        plots = _plot_paths(out, list(metrics))
+        for name, path in plots.items():
+            plot_pr_curve(metrics[name], path)
+        report["files"] = {"report": str(out), "pr_curves": {name: str(path) for name, path in plots.items()}}
+        with atomic_write(out, "w") as stream:
+            json.dump(report, stream, indent=1)
+            stream.write("\n")
+    return report
+
+
+def _number(value: float | None) -> str:
+    return "  n/a" if value is None or value < 0 else f"{value:.3f}"
+
+
+def _stat_label(name: str, max_dets: int) -> str:
+    return f"AR{max_dets}" if name == "AR_max" else name
+
+
+def format_report(report: Mapping) -> str:
+    """The printed summary of a report from `evaluate` or `evaluate_files`."""
+    max_dets = report["max_dets"]
+    lines = [
+        f"{report['num_images']} images, {report['num_gt_instances']} ground-truth instances, "
+        f"{report['num_detections']} detections; at most {max_dets} detections per image count"
+    ]
+    for iou_type, section in report["coco"].items():
+        lines.append("")
+        lines.append(
+            f"COCO {iou_type} (IoU 0.50:0.95 unless named; area all unless named; maxDets {max_dets}):"
+        )
+        labels = [_stat_label(name, max_dets) for name in STAT_NAMES]
+        lines.append("  " + " ".join(f"{label:>9}" for label in labels))
+        lines.append("  " + " ".join(f"{_number(section['stats'][name]):>9}" for name in STAT_NAMES))
+        lines.append(
+            f"  per class: {'category':<24} {'#gt':>6} {'#det':>7} {'AP':>6} {'AP50':>6} {'AP75':>6}"
+        )
+        for row in section["per_class"]:
+            lines.append(
+                f"             {row['name'][:24]:<24} {row['num_gt']:>6} {row['num_detections']:>7} "
+                f"{_number(row['AP']):>6} {_number(row['AP50']):>6} {_number(row['AP75']):>6}"
+            )
+    if "matched_masks" in report:
+        matched, pixel = report["matched_masks"], report["pixel_metrics"]
+        lines.append("")
+        lines.append(
+            f"matched masks (COCO matcher, IoU >= 0.5): {matched['num_matched']} pairs, "
+            f"mean IoU {_number(matched['mean_iou'])}, mean Dice {_number(matched['mean_dice'])}, "
+            f"mean boundary IoU {_number(matched['mean_boundary_iou'])}"
+        )
+        lines.append(
+            f"pixel metrics (detections with score >= {pixel['min_score']:g}): "
+            f"foreground Dice {_number(pixel['foreground_dice'])}, DSB score {_number(pixel['dsb_score'])}"
+        )
+    if "files" in report:
+        lines.append("")
+        lines.append(f"report: {report['files']['report']}")
+        for path in report["files"]["pr_curves"].values():
+            lines.append(f"precision-recall curve: {path}")
+    return "\n".join(lines)
