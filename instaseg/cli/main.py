@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from instaseg import __doc__ as PACKAGE_DOC
 from instaseg import __version__
-from instaseg.cli import convert, demo, evaluate, split
+from instaseg.cli import convert, demo, evaluate, models, plot_metrics, predict, serve, split, train
 
 # Each module defines `add_parser(subparsers)`; the parser it adds sets `func(args) -> int` (the exit code).
-COMMANDS = [convert, split, evaluate, demo]
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2, no traceback."""
+COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instaseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="instaseg", description=PACKAGE_DOC)
     parser.add_argument("--version", action="version", version=f"instaseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
@@ -29,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError, UserError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
         print(f"instaseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,337 @@
+"""The FastAPI application: routes that adapt HTTP to the serving library, and the wiring in `create_app`.
+
+Routes (OpenAPI schema at `/openapi.json`, browsable at `/docs`):
+
+    POST /v1/predict          one image -> instances
+    POST /v1/predict/batch    several images -> instances per image
+    GET  /v1/models           registered models: versions, roles, classes, input limits, live state
+    GET  /v1/models/{name}
+    GET  /healthz             the process is up (no model needed)
+    GET  /readyz              200 once every deployed model has a production version loaded and warm, else 503
+    GET  /metrics             Prometheus text format
+
+Errors are JSON `{"error": {"status", "kind", "message"}}` (errors.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from instaseg import __version__
+from instaseg.serving.auth import Authenticator
+from instaseg.serving.config import ServingConfig
+from instaseg.serving.deployments import DeploymentManager
+from instaseg.serving.errors import ServiceError
+from instaseg.serving.http_inputs import merge_options, read_predict_inputs
+from instaseg.serving.limits import set_decompression_limit
+from instaseg.serving.metrics import ServingMetrics
+from instaseg.serving.middleware import BodyLimitMiddleware, MetricsMiddleware
+from instaseg.serving.model_listing import list_models
+from instaseg.serving.registry import ModelRegistry, ModelVersion
+from instaseg.serving.sampling import PredictionSampler
+from instaseg.serving.schemas import (
+    BatchPredictRequest,
+    BatchPredictResponse,
+    ErrorResponse,
+    HealthResponse,
+    MaskFormat,
+    ModelOut,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    ReadyResponse,
+)
+from instaseg.serving.served import ServedModel
+from instaseg.serving.service import InferenceService, Served
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger(__name__)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (
+            400,
+            "bad input: corrupt / truncated / empty image, malformed JSON or options, path outside the root",
+        ),
+        (401, "API key missing or invalid (when keys are enabled)"),
+        (404, "unknown model"),
+        (413, "request body, image pixel count or batch size over the limit"),
+        (415, "not an image, or an image format / content type that is not accepted"),
+        (429, "rate limit of the API key exceeded; see Retry-After"),
+        (503, "model not loaded, overloaded, timed out, or failed on this request"),
+    )
+}
+_UPLOAD_BODY = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {"image": {"type": "string", "format": "binary"}},
+            "required": ["image"],
+        }
+    }
+}
+_BATCH_UPLOAD_BODY = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            "required": ["images"],
+        }
+    }
+}
+
+
+def create_app(
+    config: ServingConfig,
+    load_model: Callable[[ModelVersion, ServingConfig, ServingMetrics], ServedModel] | None = None,
+) -> FastAPI:
+    """Build the service for `config`. `load_model(entry, config, metrics)` makes a warmed-up `ServedModel`
+    (default `load_served_model`); the registry must exist (`instaseg models register` creates it)."""
+    registry = ModelRegistry(config.registry_path, create=False)
+    metrics = ServingMetrics()
+    load = load_model or load_served_model
+    deployments = DeploymentManager(
+        registry,
+        lambda entry: load(entry, config, metrics),
+        metrics,
+        poll_s=config.registry_poll_s,
+        default_model=config.default_model,
+        unload_timeout_s=config.shutdown_timeout_s,
+    )
+    sampling = config.sampling
+    sampler = (
+        PredictionSampler(
+            sampling.folder,
+            sampling.share,
+            sampling.max_bytes,
+            sampling.segment_bytes,
+            sampling.include_images,
+        )
+        if sampling.share > 0
+        else None
+    )
+    service = InferenceService(config, deployments, metrics, sampler)
+    authenticator = (
+        Authenticator(config.auth.keys_file, config.auth.requests_per_minute, config.auth.burst)
+        if config.auth.enabled
+        else None
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Process-wide settings, put back at shutdown so that an embedded service leaves no trace.
+        pillow_limit = set_decompression_limit(config.limits.max_image_pixels)
+        torch_threads = torch.get_num_threads()
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
+        deployments.start()
+        yield
+        # Uvicorn has already let in-flight requests finish; now unload the models (queued images finish).
+        await run_in_threadpool(deployments.stop)
+        torch.set_num_threads(torch_threads)
+        set_decompression_limit(pillow_limit)
+
+    app = FastAPI(
+        title="instaseg",
+        version=__version__,
+        description="Instance segmentation (Mask R-CNN) as an HTTP service.",
+        lifespan=lifespan,
+    )
+    app.state.authenticator = authenticator
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.limits.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, sees the 413s too
+    _add_error_handlers(app, metrics)
+
+    async def run_prediction(request: Request, query: QueryOptions, batch: bool) -> tuple[Served, list[dict]]:
+        inputs = await read_predict_inputs(request, config, batch=batch)
+        options = merge_options(query.options(), inputs.options)
+        served = service.route(inputs.model or query.model)
+        request.state.served = served
+        route = "/v1/predict/batch" if batch else "/v1/predict"
+        served, results = await service.predict(served, inputs.images, options, route, request.state.started)
+        request.state.served = served
+        for result, image in zip(results, inputs.images, strict=True):
+            result["name"] = image.name
+        return served, results
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_require_api_key)], responses=_ERRORS)
+
+    @v1.post(
+        "/predict",
+        response_model=PredictResponse,
+        summary="Segment one image",
+        openapi_extra={"requestBody": {"content": _UPLOAD_BODY, "required": True}},
+    )
+    async def predict(request: Request, query: Annotated[QueryOptions, Depends()]) -> dict:
+        served, results = await run_prediction(request, query, batch=False)
+        return {**results[0], "model": served.ref()}
+
+    @v1.post(
+        "/predict/batch",
+        response_model=BatchPredictResponse,
+        summary="Segment several images in one request",
+        openapi_extra={"requestBody": {"content": _BATCH_UPLOAD_BODY, "required": True}},
+    )
+    async def predict_batch(request: Request, query: Annotated[QueryOptions, Depends()]) -> dict:
+        served, results = await run_prediction(request, query, batch=True)
+        total_ms = max(result["timing"]["total_ms"] for result in results)
+        return {"model": served.ref(), "results": results, "total_ms": total_ms}
+
+    @v1.get("/models", response_model=ModelsResponse, summary="Registered models and what serves them")
+    async def models() -> dict:
+        listed = await run_in_threadpool(list_models, registry, deployments, config, None)
+        return {"default_model": config.default_model, "models": listed}
+
+    @v1.get("/models/{name}", response_model=ModelOut, summary="One registered model")
+    async def model_detail(name: str) -> dict:
+        return (await run_in_threadpool(list_models, registry, deployments, config, name))[0]
+
+    app.include_router(v1)
+
+    @app.get("/healthz", response_model=HealthResponse, summary="The process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        response_model=ReadyResponse,
+        summary="Models loaded and warm",
+        responses={503: {"model": ReadyResponse, "description": "not ready yet"}},
+    )
+    async def readyz() -> JSONResponse:
+        ready, reason = deployments.is_ready()
+        states = deployments.states()
+        listed = []
+        for name, active in sorted(deployments.active().items()):
+            for role, served in (("production", active.production), ("canary", active.canary)):
+                if served is not None:
+                    state = states.get((name, served.version), "serving")
+                    listed.append({"name": name, "version": served.version, "role": role, "state": state})
+        body = ReadyResponse(ready=ready, reason=reason, models=listed).model_dump()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+_BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
+
+
+async def _require_api_key(
+    request: Request,
+    _bearer: Annotated[Any, Depends(_BEARER)],
+    _header: Annotated[Any, Depends(_KEY_HEADER)],
+) -> None:
+    """With API keys enabled: 401 without a valid key, 429 over its rate limit. The two security
+    dependencies only document the accepted headers in the OpenAPI schema."""
+    authenticator: Authenticator | None = request.app.state.authenticator
+    if authenticator is not None:
+        request.state.api_key = authenticator.authenticate(
+            request.headers.get("authorization"), request.headers.get("x-api-key")
+        )
+
+
+class QueryOptions:
+    """Query-string parameters of the predict routes (None: not given; JSON body options override them)."""
+
+    def __init__(
+        self,
+        model: Annotated[str | None, Query(description="registered model name")] = None,
+        score_threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+        max_detections: Annotated[int | None, Query(ge=0, le=1000)] = None,
+        mask_format: Annotated[MaskFormat | None, Query()] = None,
+        tiling: Annotated[bool | None, Query()] = None,
+    ) -> None:
+        self.model = model
+        self.score_threshold = score_threshold
+        self.max_detections = max_detections
+        self.mask_format = mask_format
+        self.tiling = tiling
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "score_threshold": self.score_threshold,
+            "max_detections": self.max_detections,
+            "mask_format": self.mask_format,
+            "tiling": self.tiling,
+        }
+
+
+def load_served_model(entry: ModelVersion, config: ServingConfig, metrics: ServingMetrics) -> ServedModel:
+    """Load a registered version and warm it up (its first call allocates); unloads it again on failure."""
+
+    def on_batch(size: int, seconds: float) -> None:
+        metrics.observe_batch(entry.name, str(entry.version), size, seconds)
+
+    served = ServedModel.load(entry, config, on_batch)
+    try:
+        seconds = served.warm_up(config.request_timeout_s * 10)
+    except BaseException:
+        served.close()
+        raise
+    _log.info("loaded %s v%d (warm-up %.2f s)", entry.name, entry.version, seconds)
+    return served
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
+    def labels(request: Request) -> tuple[str, str]:
+        served = getattr(request.state, "served", None)
+        return served.labels if served is not None else ("", "")
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        metrics.error(exc.kind, *labels(request))
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in exc.errors()
+        )
+        metrics.error("invalid_request", *labels(request))
+        body = {"error": {"status": 400, "kind": "invalid_request", "message": message}}
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        metrics.error(kind, *labels(request))
+        body = {"error": {"status": exc.status_code, "kind": kind, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, plus the JSON request bodies of the predict routes (read by hand, so that one route
+    takes both multipart uploads and JSON)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for path, model in (("/v1/predict", PredictRequest), ("/v1/predict/batch", BatchPredictRequest)):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definition.pop("$defs", {}))
+            components[model.__name__] = definition
+            content = schema["paths"][path]["post"]["requestBody"]["content"]
+            content["application/json"] = {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        app.openapi_schema = schema
+    return app.openapi_schema

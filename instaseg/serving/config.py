@@ -1,0 +1,242 @@
+"""Service settings: one YAML file read into plain dataclasses (checked by `instaseg.engine.config_schema`).
+
+```yaml
+registry: /srv/instaseg/registry    # SQLite file + checkpoint folder written by `instaseg models register`
+host: 127.0.0.1
+port: 8000
+batching: {window_ms: 10, max_batch_size: 8}
+limits: {max_body_bytes: 20971520, max_image_pixels: 40000000, max_batch_images: 16}
+auth: {enabled: true, keys_file: /srv/instaseg/api_keys.json, requests_per_minute: 120}
+sampling: {share: 0.01, folder: /srv/instaseg/samples, max_bytes: 104857600}
+drift: {window: 500, psi_threshold: 0.2}
+```
+
+Unknown keys and values of the wrong type raise `ConfigError` naming the dotted key. Relative paths are taken
+relative to the working directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from instaseg.engine.config_schema import ConfigError, parse_section, parse_yaml
+
+__all__ = [
+    "AuthConfig",
+    "BatchingConfig",
+    "ConfigError",
+    "DriftConfig",
+    "LimitsConfig",
+    "SamplingConfig",
+    "ServingConfig",
+    "load_serving_config",
+    "serving_config",
+]
+
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Dynamic batching: requests arriving within `window_ms` of the first queued one run as one model call of
+    at most `max_batch_size` images. `max_batch_size: 1` turns batching off. `max_queue`: images waiting
+    beyond this are refused at once with 503 instead of queueing past their timeout."""
+
+    window_ms: float = 10.0
+    max_batch_size: int = 8
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.window_ms <= 1000.0:
+            raise ConfigError(f"batching.window_ms must lie in [0, 1000], got {self.window_ms}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"batching.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue < 1:
+            raise ConfigError(f"batching.max_queue must be >= 1, got {self.max_queue}")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What a request may carry. `max_image_pixels` (width x height, read from the header before decoding) is
+    also Pillow's decompression-bomb limit in the serving process."""
+
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_batch_images: int = 16
+    allowed_formats: tuple[str, ...] = IMAGE_FORMATS
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_image_pixels", "max_batch_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"limits.{name} must be >= 1, got {getattr(self, name)}")
+        unknown = [f for f in self.allowed_formats if f not in IMAGE_FORMATS]
+        if unknown or not self.allowed_formats:
+            raise ConfigError(
+                f"limits.allowed_formats must be a non-empty subset of {', '.join(IMAGE_FORMATS)}; "
+                f"got {list(self.allowed_formats)}"
+            )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """API keys (`enabled`): only their SHA-256 hashes are stored, in `keys_file` (JSON written by `instaseg
+    serve --new-api-key NAME`). Each key may make `requests_per_minute` requests (its own value in the keys
+    file wins), in bursts of up to `burst`."""
+
+    enabled: bool = False
+    keys_file: str | None = None
+    requests_per_minute: float = 120.0
+    burst: int = 20
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.keys_file:
+            raise ConfigError("auth.keys_file is required when auth.enabled is true")
+        if self.requests_per_minute <= 0:
+            raise ConfigError(f"auth.requests_per_minute must be > 0, got {self.requests_per_minute}")
+        if self.burst < 1:
+            raise ConfigError(f"auth.burst must be >= 1, got {self.burst}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampled prediction log: a `share` of requests (0 = off) written to `folder`, at most `max_bytes` on
+    disk (oldest files deleted first), in JSON-lines segments of `segment_bytes`; `include_images` also keeps
+    the uploaded bytes."""
+
+    share: float = 0.0
+    folder: str | None = None
+    max_bytes: int = 100 * 1024 * 1024
+    segment_bytes: int = 4 * 1024 * 1024
+    include_images: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ConfigError(f"sampling.share must lie in [0, 1], got {self.share}")
+        if self.share > 0 and not self.folder:
+            raise ConfigError("sampling.folder is required when sampling.share > 0")
+        if self.segment_bytes < 1024 or self.max_bytes < 2 * self.segment_bytes:
+            raise ConfigError(
+                "sampling.segment_bytes must be >= 1024 and sampling.max_bytes at least twice it; got "
+                f"segment_bytes={self.segment_bytes}, max_bytes={self.max_bytes}"
+            )
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Input / score drift: population stability index of the last `window` images against the model's
+    reference statistics, published once `min_samples` images were seen and refreshed every `every`
+    images; a PSI above `psi_threshold` logs a warning."""
+
+    window: int = 500
+    min_samples: int = 50
+    every: int = 10
+    psi_threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or not 1 <= self.min_samples <= self.window or self.every < 1:
+            raise ConfigError(
+                "drift needs window >= 1, 1 <= min_samples <= window and every >= 1; got "
+                f"window={self.window}, min_samples={self.min_samples}, every={self.every}"
+            )
+        if self.psi_threshold <= 0:
+            raise ConfigError(f"drift.psi_threshold must be > 0, got {self.psi_threshold}")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything `instaseg serve` needs. Only `registry` is required.
+
+    default_model: model used when a request names none (default: the only deployed model, if just one).
+    path_root: server-side folder that JSON `path` inputs are resolved in (None: path inputs are refused).
+    request_timeout_s: a request not answered in this time gets 503 (the model call itself is not killed).
+    registry_poll_s: how often the registry is checked for promote / rollback / canary changes.
+    shutdown_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
+    torch_threads: intra-op threads for the model (None: torch's default).
+    tile_size, tile_overlap: tiling used for requests with `tiling=true` on images larger than one tile.
+    """
+
+    registry: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "cpu"
+    default_model: str | None = None
+    path_root: str | None = None
+    request_timeout_s: float = 30.0
+    registry_poll_s: float = 1.0
+    shutdown_timeout_s: float = 30.0
+    torch_threads: int | None = None
+    tile_size: int = 1024
+    tile_overlap: int = 256
+    log_level: str = "info"
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must lie in [0, 65535], got {self.port}")
+        for name in ("request_timeout_s", "registry_poll_s", "shutdown_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size:
+            raise ConfigError(
+                f"tile_size must be >= 32 and 0 <= tile_overlap < tile_size; got {self.tile_size}, "
+                f"{self.tile_overlap}"
+            )
+
+    @property
+    def registry_path(self) -> Path:
+        return Path(self.registry)
+
+    def with_overrides(self, **changes: Any) -> ServingConfig:
+        """A copy with top-level fields replaced (those given as None are left as they are)."""
+        return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+
+def load_serving_config(path: str | Path) -> ServingConfig:
+    """Read a `ServingConfig` from a YAML file; raises `ConfigError` naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"serving config not found: {path}")
+    data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    try:
+        return parse_section(ServingConfig, data if data is not None else {}, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def serving_config(
+    config_file: str | Path | None = None,
+    registry: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    device: str | None = None,
+    default_model: str | None = None,
+    window_ms: float | None = None,
+    max_batch_size: int | None = None,
+) -> ServingConfig:
+    """The config of `instaseg serve`: the YAML file if given (else defaults), with command-line overrides
+    (arguments left as None keep the file's value). One of `config_file` and `registry` is required."""
+    if config_file is None and registry is None:
+        raise ConfigError("give a serving config file (--config) or a model registry folder (--registry)")
+    config = load_serving_config(config_file) if config_file is not None else ServingConfig(registry=registry)
+    config = config.with_overrides(
+        registry=registry, host=host, port=port, device=device, default_model=default_model
+    )
+    if window_ms is not None or max_batch_size is not None:
+        batching = replace(
+            config.batching,
+            **{
+                k: v
+                for k, v in (("window_ms", window_ms), ("max_batch_size", max_batch_size))
+                if v is not None
+            },
+        )
+        config = replace(config, batching=batching)
+    return config

@@ -1,0 +1,71 @@
+"""What `GET /v1/models` reports: each registered model's versions from the registry, joined with what this
+process has loaded (state, live latency / error / score summary for comparing a canary with production)."""
+
+from __future__ import annotations
+
+from instaseg.serving.config import ServingConfig
+from instaseg.serving.deployments import DeploymentManager
+from instaseg.serving.errors import NotFound
+from instaseg.serving.registry import ModelRegistry, RegistryError
+
+__all__ = ["list_models"]
+
+
+def list_models(
+    registry: ModelRegistry, deployments: DeploymentManager, config: ServingConfig, name: str | None = None
+) -> list[dict]:
+    """`schemas.ModelOut` dicts for every registered model, or for `name` only (`NotFound` if unknown)."""
+    try:
+        names = [name] if name is not None else registry.names()
+        listed = [_model(registry, deployments, config, n) for n in names]
+    except RegistryError as exc:
+        raise NotFound(str(exc), "unknown_model") from None
+    return listed
+
+
+def _model(registry: ModelRegistry, deployments: DeploymentManager, config: ServingConfig, name: str) -> dict:
+    deployment = registry.deployment(name)
+    states = deployments.states()
+    active = deployments.active().get(name)
+    loaded = {}
+    if active is not None:
+        loaded = {
+            served.version: served for served in (active.production, active.canary) if served is not None
+        }
+    versions = []
+    for entry in registry.versions(name):
+        if entry.version == deployment.production:
+            role = "production"
+        elif entry.version == deployment.canary:
+            role = "canary"
+        else:
+            role = "inactive"
+        served = loaded.get(entry.version)
+        versions.append(
+            {
+                "version": entry.version,
+                "role": role,
+                "state": "serving" if served is not None else states.get(entry.key, "not_loaded"),
+                "classes": entry.classes,
+                "architecture": entry.model_info,
+                "has_drift_reference": entry.reference is not None,
+                "description": entry.description,
+                "created_at": entry.created_at,
+                "sha256": entry.sha256,
+                "live": served.summary.summary() if served is not None else None,
+            }
+        )
+    limits = config.limits
+    return {
+        "name": name,
+        "production_version": deployment.production,
+        "canary_version": deployment.canary,
+        "canary_share": deployment.canary_share,
+        "input_limits": {
+            "max_body_bytes": limits.max_body_bytes,
+            "max_image_pixels": limits.max_image_pixels,
+            "max_batch_images": limits.max_batch_images,
+            "formats": list(limits.allowed_formats),
+        },
+        "versions": versions,
+    }

@@ -1,0 +1,443 @@
+"""The embedded model registry: one SQLite file plus a folder of checkpoints, nothing else to run.
+
+Layout of a registry folder:
+
+    registry.sqlite                       versions, deployments, production history, a revision counter
+    checkpoints/<name>/v<version>.pt      copies of the registered checkpoints (never modified afterwards)
+
+Each model name has numbered versions (1, 2, ...). Its deployment says which version serves traffic
+(`production`, the top of a stack of promotions, so `rollback` can return to the previous one) and which, if
+any, gets a `canary_share` of the traffic. Every write bumps `revision` in the same transaction; a running
+service polls that one integer and reloads when it changes, so `instaseg models promote|rollback|set-canary`
+take effect without a restart. Several processes may use the registry at once: SQLite serialises the writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Deployment", "ModelRegistry", "ModelVersion", "RegistryError", "format_registry"]
+
+DATABASE_NAME = "registry.sqlite"
+CHECKPOINT_FOLDER = "checkpoints"
+SCHEMA_VERSION = 1
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    checkpoint TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    classes TEXT NOT NULL,
+    model_info TEXT NOT NULL,
+    reference TEXT,
+    description TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    name TEXT PRIMARY KEY,
+    canary_version INTEGER,
+    canary_share REAL NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS production_history (
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    promoted_at TEXT NOT NULL,
+    PRIMARY KEY (name, seq)
+);
+"""
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done: unknown model or version, bad name, unreadable registry."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered checkpoint.
+
+    classes: `[{"id", "name"}]` in model class order (model class k -> `classes[k - 1]`).
+    model_info: architecture facts shown to clients (`num_classes`, `min_size`, `max_size`,
+        `max_image_pixels`, `backbone_depth`).
+    reference: drift reference statistics (`instaseg.serving.drift.ReferenceStats.to_dict()`), or None.
+    """
+
+    name: str
+    version: int
+    checkpoint: Path
+    sha256: str
+    classes: list[dict]
+    model_info: dict[str, Any]
+    reference: dict[str, Any] | None
+    description: str
+    created_at: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.name, self.version
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Which versions of model `name` serve traffic: `production` (None until the first promotion) and an
+    optional `canary` that receives `canary_share` of the requests."""
+
+    name: str
+    production: int | None
+    canary: int | None
+    canary_share: float
+    history: tuple[int, ...]
+
+    def serving_versions(self) -> list[int]:
+        return [v for v in (self.production, self.canary) if v is not None]
+
+
+class ModelRegistry:
+    """Read and change the registry at `root` (created on first use when `create` is true)."""
+
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        self.root = Path(root)
+        self.database = self.root / DATABASE_NAME
+        if not self.database.is_file():
+            if not create:
+                raise RegistryError(
+                    f"no model registry at {self.root} (no {DATABASE_NAME}); "
+                    "`instaseg models register` creates one"
+                )
+            self.root.mkdir(parents=True, exist_ok=True)
+        schema = self._schema_version()
+        if (
+            schema is None
+        ):  # a new registry (an existing one is only read here: replicas may mount it read-only)
+            with self._transaction() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('revision', 0)")
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                schema = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if schema != SCHEMA_VERSION:
+            raise RegistryError(
+                f"{self.database}: schema version {schema}, this instaseg reads {SCHEMA_VERSION}"
+            )
+
+    # Reading ---------------------------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        """A counter bumped by every change; cheap enough to poll every second."""
+        with self._connect() as db:
+            return int(db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+
+    def names(self) -> list[str]:
+        with self._connect() as db:
+            return [row[0] for row in db.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of `name`, oldest first; raises `RegistryError` for an unknown name."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
+        if not rows:
+            raise RegistryError(self._unknown_model(name))
+        return [self._version_from_row(row) for row in rows]
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+        if row is None:
+            known = [v.version for v in self.versions(name)]
+            raise RegistryError(f"model {name!r} has no version {version}; versions: {known}")
+        return self._version_from_row(row)
+
+    def deployment(self, name: str) -> Deployment:
+        with self._connect() as db:
+            return self._deployment(db, name)
+
+    def deployments(self) -> list[Deployment]:
+        """The deployment of every registered model name, by name."""
+        with self._connect() as db:
+            names = [row[0] for row in db.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
+            return [self._deployment(db, name) for name in names]
+
+    # Changing --------------------------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        checkpoint: str | Path,
+        classes: list[dict],
+        model_info: dict[str, Any],
+        reference: dict[str, Any] | None = None,
+        description: str = "",
+    ) -> ModelVersion:
+        """Copy `checkpoint` into the registry as the next version of `name` and record it.
+
+        The first version of a name becomes its production version (so a fresh registry serves at once);
+        later versions wait for `promote` or `set_canary`.
+        """
+        if not MODEL_NAME.match(name):
+            raise RegistryError(
+                f"model name {name!r} is not allowed: use 1-64 lower-case letters, digits, '_', '.', '-', "
+                "starting with a letter or digit"
+            )
+        source = Path(checkpoint)
+        if not source.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {source}")
+        folder = self.root / CHECKPOINT_FOLDER / name
+        folder.mkdir(parents=True, exist_ok=True)
+        staged, sha256 = _copy_hashed(source, folder)
+        placed: Path | None = None
+        try:
+            with self._transaction() as db:
+                row = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
+                version = (row[0] or 0) + 1
+                relative = Path(CHECKPOINT_FOLDER) / name / f"v{version}.pt"
+                placed = self.root / relative
+                os.replace(staged, placed)
+                db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        version,
+                        relative.as_posix(),
+                        sha256,
+                        json.dumps(classes),
+                        json.dumps(model_info),
+                        None if reference is None else json.dumps(reference),
+                        description,
+                        _now(),
+                    ),
+                )
+                if version == 1:
+                    db.execute("INSERT OR REPLACE INTO deployments VALUES (?, NULL, 0, ?)", (name, _now()))
+                    self._push_production(db, name, version)
+                self._bump(db)
+        except BaseException:
+            # The transaction was rolled back: the copied checkpoint belongs to no version.
+            Path(staged).unlink(missing_ok=True)
+            if placed is not None:
+                placed.unlink(missing_ok=True)
+            raise
+        return self.get(name, version)
+
+    def promote(self, name: str, version: int | None = None) -> Deployment:
+        """Make `version` (default: the current canary) the production version; the canary is cleared."""
+        with self._transaction() as db:
+            current = self._deployment(db, name)
+            if version is None:
+                if current.canary is None:
+                    raise RegistryError(
+                        f"model {name!r} has no canary to promote; name a version "
+                        f"(`instaseg models promote {name} --version N`)"
+                    )
+                version = current.canary
+            self._check_version(db, name, version)
+            if version != current.production:
+                self._push_production(db, name, version)
+            db.execute(
+                "UPDATE deployments SET canary_version = NULL, canary_share = 0, updated_at = ? "
+                "WHERE name = ?",
+                (_now(), name),
+            )
+            self._bump(db)
+            return self._deployment(db, name)
+
+    def rollback(self, name: str) -> Deployment:
+        """Drop the canary if there is one; otherwise return production to the previously promoted version."""
+        with self._transaction() as db:
+            current = self._deployment(db, name)
+            if current.canary is not None:
+                db.execute(
+                    "UPDATE deployments SET canary_version = NULL, canary_share = 0, updated_at = ? "
+                    "WHERE name = ?",
+                    (_now(), name),
+                )
+            else:
+                if len(current.history) < 2:
+                    raise RegistryError(
+                        f"model {name!r} has no canary and no earlier production version to roll back to"
+                    )
+                db.execute(
+                    "DELETE FROM production_history WHERE name = ? AND seq = "
+                    "(SELECT MAX(seq) FROM production_history WHERE name = ?)",
+                    (name, name),
+                )
+            self._bump(db)
+            return self._deployment(db, name)
+
+    def set_canary(self, name: str, version: int, share: float) -> Deployment:
+        """Send `share` (0..1) of `name`'s traffic to `version`; the rest stays on production."""
+        if not 0.0 <= share <= 1.0:
+            raise RegistryError(f"canary share must lie in [0, 1], got {share}")
+        with self._transaction() as db:
+            current = self._deployment(db, name)
+            self._check_version(db, name, version)
+            if version == current.production:
+                raise RegistryError(f"version {version} of {name!r} is already the production version")
+            db.execute(
+                "UPDATE deployments SET canary_version = ?, canary_share = ?, updated_at = ? WHERE name = ?",
+                (version, share, _now(), name),
+            )
+            self._bump(db)
+            return self._deployment(db, name)
+
+    # Internals -------------------------------------------------------------------------------------------
+
+    def _schema_version(self) -> int | None:
+        """The registry's schema version, or None when its tables do not exist yet."""
+        with self._connect() as db:
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError:  # no such table: an empty (new) database file
+                return None
+        return None if row is None else int(row[0])
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.database, timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open model registry {self.database}: {exc}") from exc
+        db.row_factory = sqlite3.Row
+        try:
+            yield db
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(f"model registry {self.database}: {exc}") from exc
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front, so read-then-write cannot interleave."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _deployment(self, db: sqlite3.Connection, name: str) -> Deployment:
+        row = db.execute("SELECT * FROM deployments WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise RegistryError(self._unknown_model(name, db))
+        history = tuple(
+            r[0]
+            for r in db.execute("SELECT version FROM production_history WHERE name = ? ORDER BY seq", (name,))
+        )
+        return Deployment(
+            name=name,
+            production=history[-1] if history else None,
+            canary=row["canary_version"],
+            canary_share=float(row["canary_share"]) if row["canary_version"] is not None else 0.0,
+            history=history,
+        )
+
+    def _push_production(self, db: sqlite3.Connection, name: str, version: int) -> None:
+        row = db.execute("SELECT MAX(seq) FROM production_history WHERE name = ?", (name,)).fetchone()
+        db.execute(
+            "INSERT INTO production_history VALUES (?, ?, ?, ?)", (name, (row[0] or 0) + 1, version, _now())
+        )
+
+    def _check_version(self, db: sqlite3.Connection, name: str, version: int) -> None:
+        known = [
+            r[0] for r in db.execute("SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))
+        ]
+        if not known:
+            raise RegistryError(self._unknown_model(name, db))
+        if version not in known:
+            raise RegistryError(f"model {name!r} has no version {version}; versions: {known}")
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+
+    def _unknown_model(self, name: str, db: sqlite3.Connection | None = None) -> str:
+        if db is None:
+            known = self.names()
+        else:
+            known = [row[0] for row in db.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
+        return f"no model named {name!r} in registry {self.root}; registered: {known or 'none'}"
+
+    def _version_from_row(self, row: sqlite3.Row) -> ModelVersion:
+        return ModelVersion(
+            name=row["name"],
+            version=int(row["version"]),
+            checkpoint=self.root / row["checkpoint"],
+            sha256=row["sha256"],
+            classes=json.loads(row["classes"]),
+            model_info=json.loads(row["model_info"]),
+            reference=None if row["reference"] is None else json.loads(row["reference"]),
+            description=row["description"],
+            created_at=row["created_at"],
+        )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_hashed(source: Path, folder: Path) -> tuple[str, str]:
+    """Copy `source` to a temporary file in `folder` (same file system, so it can be renamed into place)."""
+    descriptor, staged = tempfile.mkstemp(dir=folder, prefix=".incoming-", suffix=".tmp")
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as reader, os.fdopen(descriptor, "wb") as writer:
+            for chunk in iter(lambda: reader.read(1 << 20), b""):
+                digest.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+    return staged, digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def format_registry(registry: ModelRegistry) -> str:
+    """A plain-text table of every model version and its role, for `instaseg models list`."""
+    lines = [f"{'MODEL':<20} {'VERSION':>7}  {'ROLE':<18} {'CLASSES':<24} {'DRIFT REF':<9}  REGISTERED"]
+    for deployment in registry.deployments():
+        for entry in registry.versions(deployment.name):
+            if entry.version == deployment.production:
+                role = "production"
+            elif entry.version == deployment.canary:
+                role = f"canary {deployment.canary_share:.0%}"
+            else:
+                role = "-"
+            names = ",".join(c["name"] for c in entry.classes)
+            names = names if len(names) <= 24 else names[:21] + "..."
+            reference = "yes" if entry.reference is not None else "no"
+            lines.append(
+                f"{entry.name:<20} {entry.version:>7}  {role:<18} {names:<24} {reference:<9}  "
+                f"{entry.created_at}"
+            )
+    if len(lines) == 1:
+        lines.append("(no models registered)")
+    return "\n".join(lines)

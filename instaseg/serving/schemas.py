@@ -1,0 +1,191 @@
+"""Request and response bodies of the HTTP API (pydantic): they validate JSON input and document the API in
+the OpenAPI schema at `/openapi.json`. Boxes are `[x1, y1, x2, y2]` in original-image pixels (x right, y down,
+x2 / y2 exclusive); masks are COCO compressed RLE (`counts` a string, as pycocotools writes it) or polygons
+(flat `[x1, y1, x2, y2, ...]` lists in the same pixel coordinates, one per connected part)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MaskFormat = Literal["rle", "polygon"]
+Role = Literal["production", "canary"]
+
+
+class PredictOptions(BaseModel):
+    """Per-request options (query parameters, or `options` in a JSON body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="drop instances scoring below this")
+    max_detections: int = Field(100, ge=0, le=1000, description="keep at most this many, best first")
+    mask_format: MaskFormat = Field("rle", description="'rle' (COCO compressed RLE) or 'polygon'")
+    tiling: bool = Field(False, description="tile images larger than the service's tile_size")
+
+
+class ImageInput(BaseModel):
+    """One image in a JSON body: base64 bytes or a path under the service's `path_root`, never both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str | None = Field(None, description="PNG / JPEG / TIFF / WebP bytes, base64 (data URL ok)")
+    path: str | None = Field(None, description="file path relative to the service's configured path_root")
+    name: str | None = Field(None, max_length=256, description="a label echoed back in the response")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ImageInput:
+        if (self.image_base64 is None) == (self.path is None):
+            raise ValueError("give exactly one of 'image_base64' and 'path'")
+        return self
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: ImageInput
+    model: str | None = Field(None, description="registered model name (default: the service's default)")
+    options: PredictOptions | None = None
+
+
+class BatchPredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[ImageInput] = Field(..., min_length=1)
+    model: str | None = None
+    options: PredictOptions | None = None
+
+
+class RleMask(BaseModel):
+    format: Literal["rle"] = "rle"
+    size: list[int] = Field(..., description="[height, width]")
+    counts: str
+
+
+class PolygonMask(BaseModel):
+    format: Literal["polygon"] = "polygon"
+    polygons: list[list[float]]
+
+
+class InstanceOut(BaseModel):
+    class_id: int = Field(..., description="dataset category id")
+    class_name: str
+    score: float
+    box: list[float] = Field(..., description="[x1, y1, x2, y2] in image pixels")
+    area: int = Field(..., description="mask area in pixels")
+    mask: RleMask | PolygonMask
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+    role: Role
+
+
+class Timing(BaseModel):
+    decode_ms: float
+    queue_ms: float
+    model_ms: float = Field(..., description="the whole model call, shared by `batch_size` images")
+    postprocess_ms: float
+    total_ms: float
+    batch_size: int
+
+
+class ImageSize(BaseModel):
+    height: int
+    width: int
+
+
+class ImageResult(BaseModel):
+    name: str | None = None
+    input_sha256: str
+    image_size: ImageSize
+    instances: list[InstanceOut]
+    timing: Timing
+
+
+class PredictResponse(ImageResult):
+    model: ModelRef
+
+
+class BatchPredictResponse(BaseModel):
+    model: ModelRef
+    results: list[ImageResult]
+    total_ms: float
+
+
+class CategoryOut(BaseModel):
+    id: int
+    name: str
+
+
+class LiveStats(BaseModel):
+    """The last requests served by this version in this process (compare a canary with production)."""
+
+    requests: int
+    errors: int
+    error_rate: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    mean_score: float | None
+
+
+class ModelVersionOut(BaseModel):
+    version: int
+    role: Literal["production", "canary", "inactive"]
+    state: Literal["serving", "loading", "failed", "not_loaded"]
+    classes: list[CategoryOut]
+    architecture: dict[str, int | float | str | list[int]]
+    has_drift_reference: bool
+    description: str
+    created_at: str
+    sha256: str
+    live: LiveStats | None = None
+
+
+class InputLimits(BaseModel):
+    max_body_bytes: int
+    max_image_pixels: int
+    max_batch_images: int
+    formats: list[str]
+
+
+class ModelOut(BaseModel):
+    name: str
+    production_version: int | None
+    canary_version: int | None
+    canary_share: float
+    input_limits: InputLimits
+    versions: list[ModelVersionOut]
+
+
+class ModelsResponse(BaseModel):
+    default_model: str | None
+    models: list[ModelOut]
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    kind: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyModel(BaseModel):
+    name: str
+    version: int
+    role: Role
+    state: Literal["serving", "loading", "failed"]
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    reason: str | None = None
+    models: list[ReadyModel]
