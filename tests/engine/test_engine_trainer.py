@@ -199,12 +199,6 @@ def test_empty_training_set_is_refused(tmp_path):
         train(config_from_dict(config), progress=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="instaseg.ops.roi_align has no autocast rule: under bf16 autocast its backward fails with "
-    "'expected scalar type Float but found BFloat16' (torchvision runs roi_align in float32 under autocast)",
-)
 def test_bf16_autocast_trains(full_run, tmp_path):
     root, data = full_run
     data = {**data, "output_dir": str(tmp_path / "bf16"), "data": {**data["data"], "val": None}}

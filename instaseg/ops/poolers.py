@@ -1,0 +1,159 @@
+"""Multi-scale RoIAlign for FPN features: each box is pooled from the pyramid level that matches its size.
+
+Same rules and numbers as ``torchvision.ops.MultiScaleRoIAlign`` (Mask R-CNN's box and mask poolers): level
+scales are inferred from feature-map vs image sizes, boxes go to level ``floor(4 + log2(sqrt(area) / 224))``
+(FPN paper, eq. 1) clamped to the available levels, and pooling is ``roi_align(aligned=False)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from instaseg.ops.roi_align import boxes_to_rois, roi_align
+from instaseg.structures.boxes import box_area
+
+
+def assign_boxes_to_levels(
+    boxes: Tensor, min_level: int, max_level: int, canonical_scale: int = 224, canonical_level: int = 4
+) -> Tensor:
+    """FPN level of each box: ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)``.
+
+    Args:
+        boxes: ``(K, 4)`` x1y1x2y2 in input-image pixels.
+        min_level, max_level: the pyramid's first and last level (``k`` of a stride-``2**k`` map).
+
+    Returns:
+        ``(K,)`` int64 levels, clamped to ``[min_level, max_level]``. The 1e-6 keeps a box of exactly the
+        canonical size at the canonical level despite float rounding. Empty and inverted boxes (area <= 0) go
+        to ``min_level``.
+    """
+    scale = torch.sqrt(box_area(boxes).clamp(min=0))
+    eps = torch.tensor(1e-6, dtype=scale.dtype, device=scale.device)
+    levels = torch.floor(canonical_level + torch.log2(scale / canonical_scale) + eps)
+    return levels.clamp(min=min_level, max=max_level).to(torch.int64)
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """Pools ``(K, C, h, w)`` features for the boxes of a batch from the named FPN levels.
+
+    Holds no parameters or buffers (like torchvision's), so model state dicts keep torchvision's layout.
+    """
+
+    def __init__(
+        self,
+        featmap_names: Sequence[str] = ("0", "1", "2", "3"),
+        output_size: int | tuple[int, int] = 7,
+        sampling_ratio: int = 2,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__()
+        if isinstance(featmap_names, str) or not featmap_names:
+            raise ValueError(
+                f"MultiScaleRoIAlign: featmap_names must be a non-empty list, got {featmap_names!r}"
+            )
+        self.featmap_names = list(featmap_names)
+        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        if len(self.output_size) != 2 or not all(isinstance(s, int) and s > 0 for s in self.output_size):
+            raise ValueError(
+                f"MultiScaleRoIAlign: output_size must be a positive int or (h, w), got {output_size!r}"
+            )
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+
+    def forward(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        """Pool every box from its level.
+
+        Args:
+            features: ``(B, C, Hk, Wk)`` maps by name, finest first; other names (``"pool"``) are ignored.
+            boxes: B tensors ``(Ki, 4)`` x1y1x2y2 in the pixels of the (resized, unpadded) input images.
+            image_sizes: B ``(H, W)`` input image sizes before batch padding.
+
+        Returns:
+            ``(sum Ki, C, h, w)``, image 0's boxes first, each image's in the order given.
+        """
+        levels = self._select_features(features, len(boxes), len(image_sizes))
+        first = levels[0]
+        # Box coordinates stay in float32 (or float64) even for half-precision features.
+        rois_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        rois = boxes_to_rois(boxes, rois_dtype, first.device)
+        _check_finite(rois)
+        # Every box belongs to exactly one level, so every row is written below: no need to zero-fill.
+        result = first.new_empty((len(rois), first.shape[1], *self.output_size))
+        if len(rois) == 0:
+            return result
+        scales = [_infer_scale(level, image_sizes) for level in levels]
+        if any(scale != scales[0] / 2**i for i, scale in enumerate(scales)):
+            raise ValueError(
+                f"MultiScaleRoIAlign: feature maps {self.featmap_names} have scales {scales} for images of "
+                f"{image_sizes}; they must be consecutive pyramid levels (each half the size of the last)"
+            )
+        min_level, max_level = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
+
+        box_levels = assign_boxes_to_levels(
+            rois[:, 1:], min_level, max_level, self.canonical_scale, self.canonical_level
+        )
+        for offset, (feature, scale) in enumerate(zip(levels, scales, strict=True)):
+            index = torch.where(box_levels == min_level + offset)[0]
+            if len(index) == 0:
+                continue
+            pooled = roi_align(
+                feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=False
+            )
+            result.index_copy_(0, index, pooled)
+        return result
+
+    def _select_features(
+        self, features: dict[str, Tensor], num_box_sets: int, num_sizes: int
+    ) -> list[Tensor]:
+        """The maps named in ``featmap_names``, checked to form one batch of ``num_box_sets`` images."""
+        missing = [name for name in self.featmap_names if name not in features]
+        if missing:
+            raise ValueError(
+                f"MultiScaleRoIAlign: feature maps {missing} not found; features has {list(features)}"
+            )
+        levels = [features[name] for name in self.featmap_names]
+        first = levels[0]
+        for name, level in zip(self.featmap_names, levels, strict=True):
+            if level.dim() != 4 or level.shape[:2] != first.shape[:2] or level.dtype != first.dtype:
+                raise ValueError(
+                    f"MultiScaleRoIAlign: feature map {name!r} is {tuple(level.shape)} {level.dtype}; "
+                    f"all maps must be (B, C, H, W) with the B, C and dtype of {self.featmap_names[0]!r} "
+                    f"{tuple(first.shape)} {first.dtype}"
+                )
+        if not num_box_sets == num_sizes == first.shape[0]:
+            raise ValueError(
+                f"MultiScaleRoIAlign: {num_box_sets} box tensors and {num_sizes} image sizes "
+                f"for a feature batch of {first.shape[0]} images"
+            )
+        return levels
+
+
+def _check_finite(rois: Tensor) -> None:
+    """Reject NaN or infinite box coordinates, naming the image and box."""
+    finite = torch.isfinite(rois).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        image = int(rois[row, 0])
+        box = row - int((rois[:row, 0] == image).sum())
+        raise ValueError(
+            f"MultiScaleRoIAlign: box {box} of image {image} has non-finite coordinates "
+            f"{rois[row, 1:].tolist()}"
+        )
+
+
+def _infer_scale(feature: Tensor, image_sizes: list[tuple[int, int]]) -> float:
+    """The level's scale: the power of two nearest to feature height / largest image height (as torchvision).
+
+    The largest image sets the scale because a batch is padded to it; rounding to a power of two absorbs the
+    padding to a multiple of the coarsest stride.
+    """
+    max_height = max(int(size[0]) for size in image_sizes)
+    return 2.0 ** round(math.log2(feature.shape[-2] / max_height))
