@@ -1,0 +1,202 @@
+"""Build a Mask R-CNN from a name, a config or a checkpoint, and load / save weights.
+
+Checkpoint files written by `save_weights` hold `{"config": MaskRCNNConfig.to_dict(), "model": state_dict}`,
+so `build("model.pt")` needs nothing else. Plain state dicts (torchvision's published `maskrcnn_resnet50_fpn`
+COCO checkpoint, for example) load with `build("maskrcnn_resnet50_fpn", weights="that.pth")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instaseg.models.backbone import ResNetFPN
+from instaseg.models.box_head import FastRCNNPredictor, TwoMLPHead
+from instaseg.models.config import ConfigError, MaskRCNNConfig
+from instaseg.models.fpn import FPN_LEVEL_NAMES, FeaturePyramidNetwork
+from instaseg.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor
+from instaseg.models.mask_rcnn import MaskRCNN
+from instaseg.models.norm import norm_layer
+from instaseg.models.resnet import ResNet
+from instaseg.models.roi_heads import RoIHeads
+from instaseg.models.rpn import RegionProposalNetwork, RPNHead
+from instaseg.models.transform import ImageTransform
+from instaseg.ops import AnchorGenerator, MultiScaleRoIAlign
+
+# Named architectures. maskrcnn_resnet50_fpn is torchvision's layout (frozen batch norm with the eps = 0 its
+# COCO weights need, conv1 and layer1 frozen), for its published weights and fine-tuning from them. The others
+# have no published weights: they train from scratch, so they use group norm and train every layer (frozen
+# batch norm would hold random statistics, and random-init training diverged with it).
+MODEL_CONFIGS = {
+    "maskrcnn_resnet50_fpn": MaskRCNNConfig(backbone_depth=50, frozen_bn_eps=0.0),
+    "maskrcnn_resnet101_fpn": MaskRCNNConfig(backbone_depth=101, norm="gn", trainable_layers=5),
+    "maskrcnn_resnet34_fpn": MaskRCNNConfig(backbone_depth=34, norm="gn", trainable_layers=5),
+    "maskrcnn_resnet18_fpn": MaskRCNNConfig(backbone_depth=18, norm="gn", trainable_layers=5),
+}
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class WeightsError(ValueError):
+    """Weights cannot be read or do not fit the model; the message names the file and the offending keys."""
+
+
+def build_model(config: MaskRCNNConfig) -> MaskRCNN:
+    """Compose a randomly initialised Mask R-CNN from `config`."""
+    body = ResNet(config.backbone_depth, norm_layer(config.norm, config.frozen_bn_eps))
+    fpn = FeaturePyramidNetwork(body.out_channels, config.fpn_channels)
+    backbone = ResNetFPN(body, fpn, config.trainable_layers)
+    anchor_generator = AnchorGenerator(
+        sizes=tuple((size,) for size in config.anchor_sizes),
+        aspect_ratios=(tuple(config.aspect_ratios),) * len(config.anchor_sizes),
+    )
+    rpn = RegionProposalNetwork(
+        anchor_generator,
+        RPNHead(config.fpn_channels, len(config.aspect_ratios)),
+        fg_iou_thresh=config.rpn_fg_iou_thresh,
+        bg_iou_thresh=config.rpn_bg_iou_thresh,
+        batch_size_per_image=config.rpn_batch_size_per_image,
+        positive_fraction=config.rpn_positive_fraction,
+        pre_nms_top_n_train=config.rpn_pre_nms_top_n_train,
+        pre_nms_top_n_test=config.rpn_pre_nms_top_n_test,
+        post_nms_top_n_train=config.rpn_post_nms_top_n_train,
+        post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+        nms_thresh=config.rpn_nms_thresh,
+        score_thresh=config.rpn_score_thresh,
+    )
+    pooled_levels = list(FPN_LEVEL_NAMES[:4])  # RoIs are pooled from P2..P5; P6 only feeds the RPN
+    roi_heads = RoIHeads(
+        box_roi_pool=MultiScaleRoIAlign(pooled_levels, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(config.fpn_channels * 7 * 7, 1024),
+        box_predictor=FastRCNNPredictor(1024, config.num_classes),
+        mask_roi_pool=MultiScaleRoIAlign(pooled_levels, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(config.fpn_channels, (256, 256, 256, 256)),
+        mask_predictor=MaskRCNNPredictor(256, 256, config.num_classes),
+        fg_iou_thresh=config.box_fg_iou_thresh,
+        bg_iou_thresh=config.box_bg_iou_thresh,
+        batch_size_per_image=config.box_batch_size_per_image,
+        positive_fraction=config.box_positive_fraction,
+        bbox_reg_weights=tuple(config.bbox_reg_weights),
+        score_thresh=config.box_score_thresh,
+        nms_thresh=config.box_nms_thresh,
+        detections_per_img=config.box_detections_per_img,
+    )
+    transform = ImageTransform(
+        config.min_size, config.max_size, tuple(config.image_mean), tuple(config.image_std)
+    )
+    return MaskRCNN(transform, backbone, rpn, roi_heads, config.max_image_pixels, config)
+
+
+def build(
+    name_or_config: str | Path | MaskRCNNConfig | dict[str, Any],
+    weights: str | Path | dict[str, Any] | None = None,
+    **overrides: Any,
+) -> MaskRCNN:
+    """Build a Mask R-CNN, optionally load weights (strictly), and return it in eval mode.
+
+    `name_or_config`: a name in `MODEL_CONFIGS`, a `.yaml` / `.yml` / `.json` config file, a checkpoint file
+    written by `save_weights` (its config and weights are used), a `MaskRCNNConfig` or its dict form.
+    `weights`: a checkpoint or plain state-dict file, or an already loaded dict. `overrides` replace config
+    fields, e.g. `build("maskrcnn_resnet50_fpn", box_score_thresh=0.3)`.
+    """
+    config, checkpoint_state = resolve_config(name_or_config)
+    if overrides:
+        config = MaskRCNNConfig.from_dict({**config.to_dict(), **overrides}, source="build() overrides")
+    model = build_model(config)
+    if checkpoint_state is not None:
+        load_weights(model, checkpoint_state, source=str(name_or_config))
+    if weights is not None:
+        source = str(weights) if isinstance(weights, (str, Path)) else "weights"
+        load_weights(model, read_weights(weights) if isinstance(weights, (str, Path)) else weights, source)
+    return model.eval()
+
+
+def resolve_config(
+    name_or_config: str | Path | MaskRCNNConfig | dict[str, Any],
+) -> tuple[MaskRCNNConfig, dict[str, Any] | None]:
+    """The config named or given by `name_or_config`, and the weights of a checkpoint file if it is one."""
+    if isinstance(name_or_config, MaskRCNNConfig):
+        return name_or_config, None
+    if isinstance(name_or_config, dict):
+        return MaskRCNNConfig.from_dict(name_or_config), None
+    if isinstance(name_or_config, str) and name_or_config in MODEL_CONFIGS:
+        return dataclasses.replace(MODEL_CONFIGS[name_or_config]), None
+    if not isinstance(name_or_config, (str, Path)):
+        raise ConfigError(f"expected a model name, config, or file path, got {type(name_or_config).__name__}")
+    path = Path(name_or_config)
+    if path.suffix in CONFIG_SUFFIXES:
+        return MaskRCNNConfig.load(path), None
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        checkpoint = read_weights(path)
+        if "config" not in checkpoint:
+            raise WeightsError(
+                f"{path}: a plain state dict carries no architecture; use "
+                f"build(<name or config>, weights={str(path)!r})"
+            )
+        return MaskRCNNConfig.from_dict(checkpoint["config"], source=f"{path} (config)"), checkpoint
+    raise ConfigError(
+        f"unknown model {str(name_or_config)!r}: expected one of {', '.join(MODEL_CONFIGS)}, a config "
+        f"file ({', '.join(CONFIG_SUFFIXES)}) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+    )
+
+
+def read_weights(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint or state-dict file on the CPU (tensors and plain data only, no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt / foreign files
+        raise WeightsError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
+    return data
+
+
+def load_weights(model: MaskRCNN, weights: dict[str, Any], source: str = "weights") -> None:
+    """Load a checkpoint (`{"config", "model"}`) or a plain state dict; every key must match (strict).
+
+    Key names of torchvision's older checkpoints (`rpn.head.conv.weight`, `mask_head.mask_fcn1.weight`, FPN
+    blocks without `.0`) are renamed by the modules themselves.
+    """
+    state_dict = weights["model"] if isinstance(weights.get("model"), dict) else weights
+    try:
+        result = model.load_state_dict(_tensors_only(state_dict, source), strict=False)
+    except RuntimeError as error:  # shapes that do not match, e.g. another num_classes
+        raise WeightsError(f"{source}: weights do not fit the model: {error}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"{source}: weights do not fit the model: {len(result.missing_keys)} missing keys "
+            f"{result.missing_keys[:5]}, {len(result.unexpected_keys)} unexpected keys "
+            f"{result.unexpected_keys[:5]}"
+        )
+
+
+def save_weights(model: MaskRCNN, path: str | Path) -> None:
+    """Write `{"config": ..., "model": state_dict}` atomically, so that `build(path)` restores the model."""
+    if model.config is None:
+        raise ConfigError(
+            "the model has no config to save with its weights; build it with instaseg.models.build"
+        )
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        torch.save({"config": model.config.to_dict(), "model": model.state_dict()}, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _tensors_only(state_dict: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"{source}: not a state dict: entries {bad[:5]} are not tensors")
+    return dict(state_dict)
