@@ -1,0 +1,175 @@
+"""`Predictor`: images in (paths, arrays, PIL images), `Instances` out, all inference options in one place.
+
+For each image: `load_image` (EXIF orientation, grayscale / RGBA / 16-bit conversion: see
+`instaseg.io.images`) -> `(3, H, W)` float tensor -> the model, through test-time augmentation (`tta`) and,
+for images with a side longer than `tiling.min_image_side`, through overlapping tiles -> `postprocess` ->
+labels mapped from model classes 1..K to the dataset's category ids. Results are on the CPU, boxes and
+masks in original-image pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from instaseg.inference.coco_names import COCO_CATEGORY_NAMES
+from instaseg.inference.postprocess import PostprocessOptions, binarize_masks, postprocess
+from instaseg.inference.tiling import TilingOptions, predict_tiled
+from instaseg.inference.tta import TTAOptions, predict_tta
+from instaseg.io.images import load_image, to_tensor
+from instaseg.models import MODEL_CONFIGS, MaskRCNNConfig, WeightsError, build
+from instaseg.models.build import read_weights
+from instaseg.structures.instances import Instances
+
+ImageInput = str | Path | np.ndarray | Image.Image
+# The classifier weight of a torchvision-layout state dict: its first dimension is the number of classes.
+_CLASSIFIER_KEY = "roi_heads.box_predictor.cls_score.weight"
+# Tiling is on by default: only images with a side over 2048 pixels are tiled.
+DEFAULT_TILING = TilingOptions()
+
+
+class Predictor:
+    """Run a Mask R-CNN on images and return post-processed `Instances` with dataset category ids.
+
+    `model_or_checkpoint` is one of:
+    - an `nn.Module` that maps a list of (3, H, W) [0, 1] tensors to a list of `Instances` (eval mode);
+    - a path to an instaseg checkpoint (`{"config", "model"}`, optionally `categories`, as training writes);
+    - a path to a torchvision-layout Mask R-CNN state dict (e.g. the published COCO `maskrcnn_resnet50_fpn`
+      weights): labels are COCO category ids and names are COCO's;
+    - a name of `instaseg.models.MODEL_CONFIGS` or a model config file (random weights: for tests and timing).
+
+    `categories` (`[{"id", "name"}]` in model class order: class k is `categories[k - 1]`) overrides what the
+    checkpoint says; without any, labels stay model classes 1..K and have no names.
+    """
+
+    def __init__(
+        self,
+        model_or_checkpoint: nn.Module | str | Path,
+        device: str | torch.device = "cpu",
+        postprocess: PostprocessOptions | None = None,
+        tiling: TilingOptions | None = DEFAULT_TILING,
+        tta: TTAOptions | None = None,
+        categories: Sequence[Mapping] | None = None,
+        batch_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"Predictor batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for, but torch has no usable CUDA device")
+        model, checkpoint_categories = load_model(model_or_checkpoint)
+        self.model = model.to(self.device).eval()
+        self.postprocess_options = postprocess or PostprocessOptions()
+        self.tiling = tiling
+        self.tta = tta
+        self.batch_size = batch_size
+        self.categories = _check_categories(categories if categories is not None else checkpoint_categories)
+        num_classes = getattr(self.model, "num_classes", None)
+        if self.categories and num_classes is not None and len(self.categories) != num_classes - 1:
+            raise ValueError(
+                f"{len(self.categories)} categories given for a model with {num_classes - 1} classes "
+                "(plus background)"
+            )
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Category id -> name for the labels this predictor outputs (empty when the model has no names)."""
+        return {category["id"]: category["name"] for category in self.categories}
+
+    def predict(self, image: ImageInput) -> Instances:
+        """One image (a file path, an (H, W, 3) uint8 RGB array, or a PIL image) -> its `Instances`."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[Instances]:
+        """Several images -> one `Instances` each; images that are not tiled share model calls (batches)."""
+        tensors = [to_tensor(load_image(image)) for image in images]
+        return self.predict_tensors(tensors)
+
+    def predict_tensors(self, tensors: Sequence[torch.Tensor]) -> list[Instances]:
+        """(3, H, W) float [0, 1] tensors (as `instaseg.io.to_tensor` makes them) -> one `Instances` each."""
+        results: list[Instances | None] = [None] * len(tensors)
+        whole = []
+        for index, tensor in enumerate(tensors):
+            size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
+            if self.tiling is not None and self.tiling.applies_to(size):
+                results[index] = predict_tiled(self._run_tiles, tensor, self.tiling)
+            else:
+                whole.append(index)
+        for first in range(0, len(whole), self.batch_size):
+            batch = whole[first : first + self.batch_size]
+            for index, output in zip(batch, self._run([tensors[i] for i in batch]), strict=True):
+                results[index] = output
+        return [self._finish(instances) for instances in results]
+
+    def _run(self, tensors: list[torch.Tensor]) -> list[Instances]:
+        """The model (or its TTA views) on a batch; CPU Instances with `mask_logits` unless fused by TTA."""
+        tensors = [tensor.to(self.device) for tensor in tensors]
+        if self.tta is not None:
+            outputs = predict_tta(self.model, tensors, self.tta, self.postprocess_options.mask_threshold)
+        else:
+            with torch.inference_mode():
+                outputs = self.model(tensors)
+        return [output.to("cpu") for output in outputs]
+
+    def _run_tiles(self, tiles: list[torch.Tensor]) -> list[Instances]:
+        # Tile merging unions binary masks, so each tile's masks are binarised at the requested threshold.
+        threshold = self.postprocess_options.mask_threshold
+        return [binarize_masks(instances, threshold) for instances in self._run(tiles)]
+
+    def _finish(self, instances: Instances) -> Instances:
+        instances = postprocess(instances, self.postprocess_options)
+        if self.categories:
+            ids = torch.tensor([0] + [category["id"] for category in self.categories], dtype=torch.int64)
+            if len(instances) and int(instances.labels.max()) >= len(ids):
+                raise ValueError(
+                    f"the model predicted class {int(instances.labels.max())}, but only "
+                    f"{len(self.categories)} categories are known"
+                )
+            instances = instances.replace(labels=ids[instances.labels])
+        return instances
+
+
+def load_model(source: nn.Module | str | Path) -> tuple[nn.Module, list[dict] | None]:
+    """A model and its categories (`[{"id", "name"}]` in class order, or None) from any `Predictor` source."""
+    if isinstance(source, nn.Module):
+        return source, None
+    if isinstance(source, str) and source in MODEL_CONFIGS:
+        return build(source), None
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml", ".json"):
+        return build(path), None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model {str(source)!r} is neither a file nor a model name ({', '.join(MODEL_CONFIGS)})"
+        )
+    checkpoint = read_weights(path)
+    if "config" in checkpoint:
+        config = MaskRCNNConfig.from_dict(checkpoint["config"], source=f"{path} (config)")
+        return build(config, weights=checkpoint), checkpoint.get("categories")
+    if _CLASSIFIER_KEY not in checkpoint:
+        raise WeightsError(
+            f"{path}: neither an instaseg checkpoint (no 'config') nor a torchvision-layout Mask R-CNN state "
+            f"dict (no {_CLASSIFIER_KEY!r})"
+        )
+    num_classes = int(checkpoint[_CLASSIFIER_KEY].shape[0])
+    model = build("maskrcnn_resnet50_fpn", weights=checkpoint, num_classes=num_classes)
+    if num_classes != len(COCO_CATEGORY_NAMES):
+        return model, None
+    # torchvision's COCO models predict the COCO category id itself as the class (91 slots, some unused).
+    return model, [{"id": i, "name": name} for i, name in enumerate(COCO_CATEGORY_NAMES) if i > 0]
+
+
+def _check_categories(categories: Sequence[Mapping] | None) -> list[dict]:
+    if categories is None:
+        return []
+    checked = []
+    for index, category in enumerate(categories):
+        if not isinstance(category, Mapping) or not isinstance(category.get("id"), int):
+            raise ValueError(f"categories[{index}] must be a dict with an integer 'id' and a 'name'")
+        checked.append({"id": int(category["id"]), "name": str(category.get("name", category["id"]))})
+    return checked

@@ -1,0 +1,176 @@
+"""`instaseg predict` through the CLI entry point, with a small random-weight Mask R-CNN checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instaseg.cli import main as cli_main
+from instaseg.cli import predict
+from instaseg.data.convert import convert
+from instaseg.engine.checkpoint import save_model_file
+from instaseg.models import build
+
+
+@pytest.fixture(autouse=True)
+def predict_registered(monkeypatch):
+    """Until the lead lists `predict` in `instaseg.cli.main.COMMANDS`, add it for these tests."""
+    if predict not in cli_main.COMMANDS:
+        monkeypatch.setattr(cli_main, "COMMANDS", [*cli_main.COMMANDS, predict])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build(
+        "maskrcnn_resnet18_fpn",
+        num_classes=2,
+        min_size=128,
+        max_size=160,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+        box_detections_per_img=20,
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model_file(
+        path,
+        {
+            "config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "categories": [{"id": 1, "name": "nucleus"}],
+        },
+    )
+    return path
+
+
+@pytest.fixture
+def nuclei(tmp_path, dsb_root, dsb_image_ids) -> Path:
+    """Two real nuclei images in the DSB layout, plus a zero-byte and a truncated PNG among them."""
+    root = tmp_path / "nuclei"
+    root.mkdir()
+    for image_id in dsb_image_ids[:2]:
+        (root / image_id).symlink_to(dsb_root / image_id, target_is_directory=True)
+    broken = root / "zz_broken" / "images"
+    broken.mkdir(parents=True)
+    (broken / "empty.png").write_bytes(b"")
+    first = dsb_root / dsb_image_ids[0] / "images" / f"{dsb_image_ids[0]}.png"
+    (broken / "cut.png").write_bytes(first.read_bytes()[:500])
+    return root
+
+
+def test_predict_writes_every_output_and_reports_bad_files(tmp_path, checkpoint, nuclei, capsys):
+    out = tmp_path / "out"
+    pattern = str(nuclei / "*" / "images" / "*.png")
+    argv = [
+        "predict",
+        pattern,
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--overlay",
+        "--label-maps",
+        "--polygons",
+        "--score-threshold",
+        "0.0",
+    ]
+    assert cli_main.main(argv) == 1  # two inputs failed
+    printed = capsys.readouterr().out
+    assert "2 images" in printed and "2 failed:" in printed
+    assert "empty.png: cannot read image" in printed and "cut.png: cannot read image" in printed
+    images = json.loads((out / "images.json").read_text())
+    assert len(images["images"]) == 2 and images["categories"] == [{"id": 1, "name": "nucleus"}]
+    results = json.loads((out / "results.json").read_text())
+    assert results and {r["category_id"] for r in results} == {1}
+    for image in images["images"]:
+        overlay = np.asarray(Image.open(out / image["overlay"]))
+        assert overlay.shape == (image["height"], image["width"], 3)
+        labels = np.asarray(Image.open(out / image["label_map"]))
+        assert labels.max() == sum(r["image_id"] == image["id"] for r in results)
+        features = json.loads((out / image["polygons"]).read_text())["features"]
+        assert {f["properties"]["category_name"] for f in features} <= {"nucleus"}
+
+
+def test_results_evaluate_against_the_ground_truth(tmp_path, checkpoint, nuclei, capsys):
+    for broken in (nuclei / "zz_broken" / "images").iterdir():
+        broken.unlink()
+    (nuclei / "zz_broken" / "images").rmdir()
+    (nuclei / "zz_broken").rmdir()
+    gt = tmp_path / "gt.json"
+    convert("mask-folders", nuclei, gt, category_name="nucleus")
+    out = tmp_path / "out"
+    argv = ["predict", str(nuclei), "--model", str(checkpoint), "--out", str(out), "--coco-gt", str(gt)]
+    # The folder also holds the mask PNGs; predicting on the images/ subfolders only is the usual call.
+    argv[1] = str(nuclei / "*" / "images")
+    assert cli_main.main(argv) == 0
+    gt_ids = {image["id"] for image in json.loads(gt.read_text())["images"]}
+    results = json.loads((out / "results.json").read_text())
+    assert {r["image_id"] for r in results} <= gt_ids and results
+    capsys.readouterr()
+    assert cli_main.main(["eval", "--gt", str(gt), "--pred", str(out / "results.json")]) == 0
+    assert "AP" in capsys.readouterr().out
+
+
+def test_output_folder_that_cannot_be_written(tmp_path, checkpoint, nuclei, capsys):
+    (tmp_path / "file").write_text("x")
+    argv = ["predict", str(nuclei), "--model", str(checkpoint), "--out", str(tmp_path / "file" / "out")]
+    assert cli_main.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cannot create output folder" in error
+
+
+def test_folder_without_images_and_unknown_model(tmp_path, checkpoint, capsys):
+    (tmp_path / "empty").mkdir()
+    assert (
+        cli_main.main(
+            ["predict", str(tmp_path / "empty"), "--model", str(checkpoint), "--out", str(tmp_path / "o")]
+        )
+        == 1
+    )
+    assert "folder holds no image files" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "results.json").read_text()) == []
+    assert (
+        cli_main.main(
+            ["predict", str(tmp_path / "empty"), "--model", "no_such_model", "--out", str(tmp_path)]
+        )
+        == 2
+    )
+    assert "neither a file nor a model name" in capsys.readouterr().err
+
+
+def test_video_gets_tracks_and_an_overlay_video(tmp_path, checkpoint, capsys):
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (96, 64))
+    rows, cols = np.mgrid[0:64, 0:96]
+    for frame in range(3):
+        image = np.full((64, 96, 3), 30, np.uint8)
+        image[(rows - 32) ** 2 + (cols - 20 - 10 * frame) ** 2 < 100] = 220
+        writer.write(image)
+    writer.release()
+    out = tmp_path / "out"
+    argv = [
+        "predict",
+        str(clip),
+        "--video",
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--overlay",
+        "--score-threshold",
+        "0.0",
+    ]
+    assert cli_main.main(argv) == 0
+    assert "3 frames" in capsys.readouterr().out
+    document = json.loads((out / "tracks.json").read_text())
+    assert len(document["frames"]) == 3
+    assert all(isinstance(record["track_id"], int) for record in document["instances"])
+    assert (out / "clip_overlay.mp4").stat().st_size > 0
+    assert cli_main.main(["predict", str(clip), str(clip), "--video", "--model", str(checkpoint)]) == 2
+    assert "exactly one video" in capsys.readouterr().err
