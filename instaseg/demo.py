@@ -13,8 +13,8 @@ from pathlib import Path
 from instaseg.baselines.watershed import segment_nuclei
 from instaseg.data.coco import write_coco
 from instaseg.data.mask_folders import read_mask_folders
-from instaseg.engine.atomic import atomic_write
 from instaseg.evaluation.report import evaluate_files
+from instaseg.io.atomic import atomic_write
 
 DEMO_MAX_DETS = 500  # nuclei images are dense; COCO's default of 100 would cap recall
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from instaseg.data.records import (
     rle_problem,
     segmentation_to_rle,
 )
+from instaseg.io.atomic import atomic_write
 from instaseg.io.images import ImageReadError
 
 __all__ = ["read_coco", "write_coco"]
@@ -305,15 +305,8 @@ def _json_segmentation(segmentation: Any) -> Any:
 def _write_json_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write JSON to a temporary file next to `path`, then rename it over `path`: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are private (mode 0600); open(..., "x") applies the umask as usual.
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with temporary.open("x", encoding="utf-8") as file:
-            json.dump(payload, file, separators=(",", ":"))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as file:
+        json.dump(payload, file, separators=(",", ":"))
 
 
 def _describe(kind: str, entry: Any, index: int) -> str:

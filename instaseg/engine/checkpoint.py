@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from instaseg.engine.atomic import atomic_write
+from instaseg.io.atomic import atomic_write
 
 CHECKPOINT_KEYS = (
     "config",

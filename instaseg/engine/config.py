@@ -25,10 +25,10 @@ import yaml
 
 from instaseg.data.augment import AugmentConfig
 from instaseg.data.convert import SOURCE_FORMATS
-from instaseg.engine.atomic import atomic_write
 from instaseg.engine.config_schema import ConfigError, parse_section, parse_yaml, section_to_dict
 from instaseg.engine.optim import OptimConfig
 from instaseg.engine.schedule import ScheduleConfig
+from instaseg.io.atomic import atomic_write
 from instaseg.models.build import CHECKPOINT_SUFFIXES, resolve_config
 from instaseg.models.config import MaskRCNNConfig
 

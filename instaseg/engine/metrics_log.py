@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from instaseg.engine.atomic import atomic_write
+from instaseg.io.atomic import atomic_write
 
 
 class MetricsFileError(ValueError):

@@ -8,9 +8,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from instaseg.engine.atomic import atomic_write
 from instaseg.engine.metrics_log import read_metrics
 from instaseg.engine.trainer import LOSS_KEYS
+from instaseg.io.atomic import atomic_write
 
 AP_KEYS = ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50")
 

@@ -9,8 +9,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from instaseg.engine.atomic import atomic_write
 from instaseg.evaluation.coco_eval import CocoMetrics
+from instaseg.io.atomic import atomic_write
 
 
 def _class_mean(precision: np.ndarray) -> list[float | None]:

@@ -11,7 +11,6 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from instaseg.engine.atomic import atomic_write
 from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, evaluate_coco, match_detections
 from instaseg.evaluation.dsb import dsb_score
 from instaseg.evaluation.mask_quality import mask_quality
@@ -22,6 +21,7 @@ from instaseg.evaluation.validation import (
     normalize_results,
     read_json,
 )
+from instaseg.io.atomic import atomic_write
 
 REPORT_IOU_TYPES = ("segm", "bbox")
 

@@ -8,13 +8,12 @@ COCO checkpoint, for example) load with `build("maskrcnn_resnet50_fpn", weights=
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from instaseg.io.atomic import atomic_write
 from instaseg.models.backbone import ResNetFPN
 from instaseg.models.box_head import FastRCNNPredictor, TwoMLPHead
 from instaseg.models.config import ConfigError, MaskRCNNConfig
@@ -184,15 +183,8 @@ def save_weights(model: MaskRCNN, path: str | Path) -> None:
         raise ConfigError(
             "the model has no config to save with its weights; build it with instaseg.models.build"
         )
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        torch.save({"config": model.config.to_dict(), "model": model.state_dict()}, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        torch.save({"config": model.config.to_dict(), "model": model.state_dict()}, handle)
 
 
 def _tensors_only(state_dict: dict[str, Any], source: str) -> dict[str, torch.Tensor]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from instaseg.io.atomic import atomic_write
 from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS
 from instaseg.models.norm import NORM_KINDS
 from instaseg.models.resnet import RESNET_DEPTHS
@@ -124,14 +123,8 @@ class MaskRCNNConfig:
             text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         else:
             raise ConfigError(f"{path}: config files must end in .yaml, .yml or .json")
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(text)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "w") as handle:
+            handle.write(text)
 
     @classmethod
     def load(cls, path: str | Path) -> MaskRCNNConfig:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from instaseg.engine.atomic import atomic_write
+from instaseg.io.atomic import atomic_write
 from instaseg.serving.errors import RateLimited, Unauthorized
 
 __all__ = [

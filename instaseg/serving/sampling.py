@@ -22,7 +22,7 @@ import re
 import threading
 from pathlib import Path
 
-from instaseg.engine.atomic import atomic_write
+from instaseg.io.atomic import atomic_write
 
 __all__ = ["PredictionSampler"]
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from instaseg.engine import checkpoint
-from instaseg.engine.atomic import atomic_write
 from instaseg.engine.checkpoint import (
     CHECKPOINT_KEYS,
     CheckpointError,
@@ -20,6 +19,7 @@ from instaseg.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from instaseg.io.atomic import atomic_write
 
 
 def _state(iteration: int) -> dict:

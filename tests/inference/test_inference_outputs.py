@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import instaseg.engine.atomic as atomic
+import instaseg.io.atomic as atomic
 from instaseg.evaluation import evaluate_coco
 from instaseg.inference.outputs import (
     OutputWriteError,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import instaseg.engine.atomic as atomic
+import instaseg.io.atomic as atomic
 from instaseg.inference.outputs import OutputWriteError
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.runner import OutputOptions, predict_files
