@@ -2,9 +2,9 @@
 
 `postprocess(instances, options)` applies, in this order:
 
-1. masks: when the instances carry `mask_logits` (N, 28, 28) (the model's raw mask-head output for each box),
+1. `score_threshold`: instances scoring below it are dropped;
+2. masks: when the instances carry `mask_logits` (N, 28, 28) (the model's raw mask-head output for each box),
    masks are re-pasted from them with `paste_masks_in_image` and binarised at `mask_threshold`;
-2. `score_threshold`: instances scoring below it are dropped;
 3. `nms`: none, greedy ("hard"), Soft-NMS ("soft-gaussian", "soft-linear") or Matrix NMS ("matrix"), per
    class or class-agnostic; Soft/Matrix NMS lower scores, and instances whose lowered score falls below
    `score_threshold` are dropped;
@@ -129,8 +129,9 @@ def postprocess(instances: Instances, options: PostprocessOptions) -> Instances:
         if needing_masks:
             raise ValueError(f"postprocess: {', '.join(needing_masks)} need masks; these instances have none")
 
-    instances = binarize_masks(instances, options.mask_threshold)
+    # Score filter first: re-pasting masks costs per instance, and dropped instances need none.
     instances = instances[instances.scores >= options.score_threshold]
+    instances = binarize_masks(instances, options.mask_threshold)
     instances = _suppress(instances, options)
     instances = instances[torch.argsort(instances.scores, descending=True, stable=True)]
     if instances.masks is not None and options.edits_masks:
