@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from instaseg.data.records import (
     IMAGE_SUFFIXES,
@@ -25,6 +24,8 @@ from instaseg.data.records import (
     ProblemLog,
     bbox_and_area,
     check_image,
+    read_one_channel_png,
+    size_problem,
 )
 from instaseg.io.images import ImageReadError
 from instaseg.structures.masks import encode_rle
@@ -100,19 +101,13 @@ def read_label_map(path: Path, height: int, width: int) -> tuple[np.ndarray | No
     A usable label map has one channel of non-negative integers (modes L, P, I;16, I; a palette map's values
     are its palette indices) and the image's size.
     """
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            array = np.asarray(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        return None, f"unreadable label map PNG ({exc})"
-    if array.ndim != 2:
-        return None, f"label map has {array.shape[-1]} channels (mode {mode}); instance ids need one channel"
+    array, problem, mode = read_one_channel_png(path, "label map", "instance ids need one channel")
+    if problem is not None:
+        return None, problem
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
         return None, f"label map holds {array.dtype} values (mode {mode}); instance ids must be integers"
-    if array.shape != (height, width):
-        shape = f"{array.shape[1]}x{array.shape[0]}"
-        return None, f"label map is {shape} (WxH) but its image is {width}x{height}"
+    if (problem := size_problem(array, height, width, "label map")) is not None:
+        return None, problem
     if array.size and array.min() < 0:
         return None, f"label map holds negative values (min {array.min()}); instance ids must be >= 0"
     return array, None

@@ -18,7 +18,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from instaseg.data.records import (
     AnnotationRecord,
@@ -30,6 +29,8 @@ from instaseg.data.records import (
     SkipReport,
     bbox_and_area,
     check_image,
+    read_one_channel_png,
+    size_problem,
 )
 from instaseg.io.images import ImageReadError
 from instaseg.structures.masks import encode_rle
@@ -79,17 +80,11 @@ def read_binary_mask(path: Path, height: int, width: int) -> tuple[np.ndarray | 
     A usable mask has one channel, the image's size, and no values but 0 and one foreground value (1, 255 or
     any other); all-zero masks and masks with more values are refused.
     """
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            array = np.asarray(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        return None, f"unreadable mask PNG ({exc})"
-    if array.ndim != 2:
-        return None, f"mask has {array.shape[-1]} channels (mode {mode}); a mask PNG must have one channel"
-    if array.shape != (height, width):
-        shape = f"{array.shape[1]}x{array.shape[0]}"
-        return None, f"mask is {shape} (WxH) but its image is {width}x{height}"
+    array, problem, _ = read_one_channel_png(path, "mask", "a mask PNG must have one channel")
+    if problem is not None:
+        return None, problem
+    if (problem := size_problem(array, height, width, "mask")) is not None:
+        return None, problem
     peak = array.max()
     if peak == 0:
         return None, "empty mask: no foreground pixel"

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from instaseg.io.images import load_image, read_image_size
 from instaseg.structures.instances import Instances
@@ -164,6 +166,31 @@ def check_image(path: Path, decode: bool) -> tuple[int, int]:
     if decode:
         load_image(path)
     return size
+
+
+def read_one_channel_png(
+    path: Path, noun: str, channel_rule: str
+) -> tuple[np.ndarray | None, str | None, str]:
+    """Decode the one-channel PNG at `path`: (array, None, mode), or (None, why not, mode) naming it `noun`.
+
+    `channel_rule` ends the message for an image with several channels (what the format needs instead).
+    """
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            array = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return None, f"unreadable {noun} PNG ({exc})", ""
+    if array.ndim != 2:
+        return None, f"{noun} has {array.shape[-1]} channels (mode {mode}); {channel_rule}", mode
+    return array, None, mode
+
+
+def size_problem(array: np.ndarray, height: int, width: int, noun: str) -> str | None:
+    """Why the (H, W) `array` does not fit an image of `height` x `width`, or None."""
+    if array.shape == (height, width):
+        return None
+    return f"{noun} is {array.shape[1]}x{array.shape[0]} (WxH) but its image is {width}x{height}"
 
 
 def polygon_problem(polygons: Any, height: int, width: int) -> str | None:
