@@ -17,11 +17,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from instaseg.cli import serve
-from instaseg.models import build, save_weights
 from instaseg.serving.auth import hash_api_key
 from instaseg.serving.config import ConfigError
 from instaseg.serving.registration import register_model
@@ -53,21 +51,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def registry(tmp_path_factory: pytest.TempPathFactory, tiny_model_checkpoint: Path) -> Path:
     tmp = tmp_path_factory.mktemp("serve_cli")
-    torch.manual_seed(0)
-    model = build(
-        "maskrcnn_resnet18_fpn",
-        num_classes=2,
-        min_size=64,
-        max_size=64,
-        box_detections_per_img=2,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=20,
-        fpn_channels=64,
-    )
-    save_weights(model, tmp / "model.pt")
-    register_model(tmp / "registry", "nuclei", tmp / "model.pt", class_names=["nucleus"])
+    register_model(tmp / "registry", "nuclei", tiny_model_checkpoint, class_names=["nucleus"])
     return tmp / "registry"
 
 

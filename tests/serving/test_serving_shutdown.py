@@ -12,10 +12,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from instaseg.models import build, save_weights
 from instaseg.serving.app import create_app
 from instaseg.serving.config import BatchingConfig, ServingConfig
 from instaseg.serving.metrics import ServingMetrics
@@ -59,20 +57,8 @@ def png(width: int) -> bytes:
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> BackgroundServer:
-    torch.manual_seed(0)
-    model = build(
-        "maskrcnn_resnet18_fpn",
-        num_classes=2,
-        min_size=64,
-        max_size=64,
-        box_detections_per_img=2,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=20,
-        fpn_channels=64,
-    )
-    save_weights(model, tmp_path / "model.pt")
-    register_model(tmp_path / "registry", "nuclei", tmp_path / "model.pt")
+def server(tmp_path: Path, tiny_model_checkpoint: Path) -> BackgroundServer:
+    register_model(tmp_path / "registry", "nuclei", tiny_model_checkpoint)
     config = ServingConfig(
         registry=str(tmp_path / "registry"),
         port=0,
