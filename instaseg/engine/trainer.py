@@ -52,7 +52,7 @@ from instaseg.engine.optim import build_optimizer
 from instaseg.engine.run_dir import prepare_run_dir
 from instaseg.engine.sampler import TrainingBatchSampler, derive_seed
 from instaseg.engine.schedule import WarmupSchedule
-from instaseg.models.build import build
+from instaseg.models.build import build, load_backbone_weights
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -135,7 +135,10 @@ class Trainer:
                 f"the background: expected {self.categories.num_classes})"
             )
         torch.manual_seed(derive_seed(loop.seed))  # the initial weights follow the seed like every other draw
-        self.model = build(self.model_config, weights=config.model.weights).to(context.device).train()
+        self.model = build(self.model_config, weights=config.model.weights)
+        if config.model.backbone_weights is not None:
+            load_backbone_weights(self.model, config.model.backbone_weights)
+        self.model = self.model.to(context.device).train()
         self.ema = ModelEMA(self.model, loop.ema_decay) if loop.ema_decay is not None else None
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = WarmupSchedule(self.optimizer, config.schedule)

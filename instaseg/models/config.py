@@ -16,6 +16,8 @@ from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS
 from instaseg.models.norm import NORM_KINDS
 from instaseg.models.resnet import RESNET_DEPTHS
 
+BACKBONES = ("resnet", "efficientnet_lite0")
+
 
 class ConfigError(ValueError):
     """A model config is malformed: the message names the file (if any), the key and the problem."""
@@ -25,16 +27,21 @@ class ConfigError(ValueError):
 class MaskRCNNConfig:
     """Mask R-CNN settings; defaults are torchvision's `maskrcnn_resnet50_fpn` defaults.
 
-    `num_classes` counts the background (COCO: 91). `frozen_bn_eps` only affects `norm="frozen_bn"`;
-    torchvision's COCO weights need 0.0. Sizes are in pixels; thresholds are IoUs or probabilities in [0, 1].
+    `num_classes` counts the background (COCO: 91). `backbone` is `"resnet"` (depth `backbone_depth`) or
+    `"efficientnet_lite0"`. `frozen_bn_eps` only affects `norm="frozen_bn"`; torchvision's COCO weights need
+    0.0. `box_head_dim` is the width of the box head's two FC layers, `mask_head_channels` that of the mask
+    head's convolutions. Sizes are in pixels; thresholds are IoUs or probabilities in [0, 1].
     """
 
     num_classes: int = 91
+    backbone: str = "resnet"
     backbone_depth: int = 50
     norm: str = "frozen_bn"
     frozen_bn_eps: float = 1e-5
     trainable_layers: int = 3
     fpn_channels: int = 256
+    box_head_dim: int = 1024
+    mask_head_channels: int = 256
     min_size: int | tuple[int, ...] = 800
     max_size: int = 1333
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -66,12 +73,17 @@ class MaskRCNNConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid field."""
-        if self.backbone_depth not in RESNET_DEPTHS:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        if self.backbone == "resnet" and self.backbone_depth not in RESNET_DEPTHS:
             raise ConfigError(f"backbone_depth: {self.backbone_depth} is not one of {sorted(RESNET_DEPTHS)}")
         if self.norm not in NORM_KINDS:
             raise ConfigError(f"norm: {self.norm!r} is not one of {', '.join(NORM_KINDS)}")
         if self.num_classes < 2:
             raise ConfigError(f"num_classes: {self.num_classes} must be at least 2 (background + one class)")
+        for name in ("fpn_channels", "box_head_dim", "mask_head_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be a positive number of channels")
         if not 0 <= self.trainable_layers <= 5:
             raise ConfigError(f"trainable_layers: {self.trainable_layers} must be between 0 and 5")
         if len(self.anchor_sizes) != 5:

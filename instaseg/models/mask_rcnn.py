@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from instaseg.models.backbone import ResNetFPN
+from instaseg.models.backbone import BackboneWithFPN
 from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS, ModelInputError, prepare_images, prepare_targets
 from instaseg.models.roi_heads import Detections, RoIHeads
 from instaseg.models.rpn import RegionProposalNetwork
@@ -37,7 +37,7 @@ class MaskRCNN(nn.Module):
     def __init__(
         self,
         transform: ImageTransform,
-        backbone: ResNetFPN,
+        backbone: BackboneWithFPN,
         rpn: RegionProposalNetwork,
         roi_heads: RoIHeads,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,

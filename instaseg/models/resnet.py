@@ -117,6 +117,10 @@ class ResNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def stages(self) -> list[list[nn.Module]]:
+        """Module groups bottom-up: stem (`conv1`, `bn1`), then `layer1`..`layer4` (five groups)."""
+        return [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)

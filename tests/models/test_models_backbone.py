@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from instaseg.models.backbone import ResNetFPN
+from instaseg.models.backbone import BackboneWithFPN
 from instaseg.models.fpn import FeaturePyramidNetwork
 from instaseg.models.norm import FrozenBatchNorm2d, norm_layer
 from instaseg.models.resnet import ResNet
@@ -94,7 +94,7 @@ def test_fpn_loads_torchvision_state_dicts_of_the_older_layout() -> None:
 @pytest.mark.parametrize(("trainable_layers", "frozen"), [(0, 5), (3, 2), (5, 0)])
 def test_trainable_layers_freeze_the_stem_and_first_stages(trainable_layers: int, frozen: int) -> None:
     body = ResNet(18, norm_layer("bn"))
-    backbone = ResNetFPN(body, FeaturePyramidNetwork(body.out_channels, 16), trainable_layers)
+    backbone = BackboneWithFPN(body, FeaturePyramidNetwork(body.out_channels, 16), trainable_layers)
     stages = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
     for index, names in enumerate(stages):
         for name in names:
@@ -110,4 +110,4 @@ def test_trainable_layers_freeze_the_stem_and_first_stages(trainable_layers: int
 def test_backbone_rejects_out_of_range_trainable_layers() -> None:
     body = ResNet(18, norm_layer("frozen_bn"))
     with pytest.raises(ValueError, match="trainable_layers must be between 0 and 5"):
-        ResNetFPN(body, FeaturePyramidNetwork(body.out_channels, 8), trainable_layers=6)
+        BackboneWithFPN(body, FeaturePyramidNetwork(body.out_channels, 8), trainable_layers=6)
