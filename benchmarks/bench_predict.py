@@ -11,8 +11,8 @@ COCO model, a worst case for post-processing and output writing.
 
 TTA accuracy (needs a trained model): with `--model CHECKPOINT --gt VAL.json`, every image of the COCO file
 VAL.json (file names relative to its folder) is predicted without TTA, with flip, and with flip + scales
-0.8/1.0/1.2; mask AP (`instaseg.evaluation.evaluate_coco`, `--max-dets` detections per image) and time per
-image are reported side by side.
+0.8/1.0/1.2; mask AP / AP50 / AP75, box AP, the DSB score (`instaseg.evaluation`, `--max-dets` detections
+per image) and time per image are reported side by side.
 
     .venv/bin/python benchmarks/bench_predict.py [--images 16] [--runs 3] [--model NAME|PATH]
     .venv/bin/python benchmarks/bench_predict.py --model CKPT --gt VAL.json [--max-dets 500] --skip-throughput
@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from instaseg.evaluation import evaluate_coco
+from instaseg.evaluation.report import evaluate
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.runner import OutputOptions, predict_files
 from instaseg.inference.tta import TTAOptions
@@ -100,14 +101,19 @@ def throughput(model: str, images: list[Path], runs: int, batch_size: int) -> No
         )
 
 
-def tta_accuracy(model: str, gt_path: Path, max_dets: int, max_images: int | None) -> None:
+def tta_accuracy(
+    model: str, gt_path: Path, max_dets: int, max_images: int | None, dsb_min_score: float
+) -> None:
     gt = json.loads(gt_path.read_text())
     entries = gt["images"][:max_images] if max_images else gt["images"]
     subset = {**gt, "images": entries}
     base = Predictor(model)
-    print(f"model {model}; {len(entries)} images of {gt_path}; mask AP at max_dets {max_dets}\n")
-    print("| TTA | mask AP | AP50 | s/image | cost vs none |")
-    print("|---|---|---|---|---|")
+    print(
+        f"model {model}; {len(entries)} images of {gt_path}; max_dets {max_dets}; DSB score of the "
+        f"detections scoring >= {dsb_min_score}\n"
+    )
+    print("| TTA | mask AP | AP50 | AP75 | box AP | DSB score | s/image | cost vs none |")
+    print("|---|---|---|---|---|---|---|---|")
     reference = None
     for name, tta in TTA_CONFIGS.items():
         predictor = Predictor(base.model, tta=tta, categories=base.categories or None)
@@ -118,10 +124,12 @@ def tta_accuracy(model: str, gt_path: Path, max_dets: int, max_images: int | Non
             results.extend(instances.to_coco_results(entry["id"]))
         per_image = (time.perf_counter() - start) / len(entries)
         reference = reference or per_image
-        stats = evaluate_coco(subset, results, max_dets=max_dets, allow_empty_results=True).stats
+        report, _ = evaluate(subset, results, max_dets=max_dets, min_score=dsb_min_score)
+        mask = report["coco"]["segm"]["stats"]
+        box = evaluate_coco(subset, results, iou_type="bbox", max_dets=max_dets).stats
         print(
-            f"| {name} | {stats['AP']:.4f} | {stats['AP50']:.4f} | {per_image:.2f} | "
-            f"{per_image / reference:.2f}x |"
+            f"| {name} | {mask['AP']:.4f} | {mask['AP50']:.4f} | {mask['AP75']:.4f} | {box['AP']:.4f} | "
+            f"{report['pixel_metrics']['dsb_score']:.4f} | {per_image:.2f} | {per_image / reference:.2f}x |"
         )
 
 
@@ -136,6 +144,12 @@ def main() -> None:
     parser.add_argument("--gt", type=Path, help="COCO validation JSON for the TTA accuracy table")
     parser.add_argument("--max-dets", type=int, default=500)
     parser.add_argument("--max-gt-images", type=int, help="evaluate TTA on the first N images only")
+    parser.add_argument(
+        "--dsb-min-score",
+        type=float,
+        default=0.5,
+        help="the DSB score counts detections from this score up (it has no ranking: every kept mask counts)",
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -143,7 +157,7 @@ def main() -> None:
         throughput(args.model, dsb_images(args.images), args.runs, args.batch_size)
     if args.gt is not None:
         print()
-        tta_accuracy(args.model, args.gt, args.max_dets, args.max_gt_images)
+        tta_accuracy(args.model, args.gt, args.max_dets, args.max_gt_images, args.dsb_min_score)
     else:
         print("\nTTA accuracy: pending (pass --model CHECKPOINT --gt VAL.json with a trained model)")
 

@@ -7,10 +7,10 @@ import sys
 
 from instaseg import __doc__ as PACKAGE_DOC
 from instaseg import __version__
-from instaseg.cli import convert, demo, evaluate, models, plot_metrics, predict, serve, split, train
+from instaseg.cli import convert, demo, evaluate, export, models, plot_metrics, predict, serve, split, train
 
 # Each module defines `add_parser(subparsers)`; the parser it adds sets `func(args) -> int` (the exit code).
-COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models]
+COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models, export]
 
 
 def build_parser() -> argparse.ArgumentParser:

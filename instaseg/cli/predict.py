@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from instaseg.inference.command import run_predict
+from instaseg.inference.onnx_backend import BACKENDS
 from instaseg.inference.postprocess import NMS_KINDS, PostprocessOptions
 from instaseg.inference.runner import OutputOptions
 from instaseg.inference.tiling import TilingOptions
@@ -27,12 +28,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs")
     parser.add_argument(
         "--model",
-        required=True,
-        help="a model name (e.g. maskrcnn_resnet50_fpn), an instaseg checkpoint, or a torchvision-layout "
-        "Mask R-CNN state dict (COCO class names)",
+        help="an instaseg checkpoint, a torchvision-layout Mask R-CNN state dict (COCO class names), or a "
+        "model name (e.g. maskrcnn_resnet50_fpn, random weights); default: the bundled nuclei model",
     )
     parser.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="torch, or onnx (ONNX Runtime, CPU; a checkpoint is exported once to a cache); default: onnx "
+        "for an .onnx --model, else torch",
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call")
     parser.add_argument(
         "--coco-gt", type=Path, help="COCO JSON whose image ids to use (matched by file name)"
@@ -116,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         video=args.video,
         tracker=TrackerOptions(iou_threshold=args.track_iou, max_age=args.track_max_age),
         progress=False if args.no_progress else None,
+        backend=args.backend,
     )
     print(summary.format())
     return 1 if summary.failures else 0

@@ -24,6 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--window-ms", type=float, help="dynamic batching window in ms (default 10)")
     parser.add_argument("--max-batch-size", type=int, help="images per model call; 1 turns batching off")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        help="torch (default), or onnx: checkpoints exported once to ONNX and run by ONNX Runtime (CPU)",
+    )
     keys = parser.add_argument_group("API keys")
     keys.add_argument(
         "--new-api-key",
@@ -53,5 +58,6 @@ def run(args: argparse.Namespace) -> int:
         default_model=args.default_model,
         window_ms=args.window_ms,
         max_batch_size=args.max_batch_size,
+        backend=args.backend,
     )
     return run_server(config)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from instaseg.data.coco import read_coco
+from instaseg.inference.onnx_backend import model_source_for_backend
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import DEFAULT_TILING, Predictor
 from instaseg.inference.runner import OutputOptions, PredictionSummary, predict_files
@@ -18,7 +19,7 @@ from instaseg.inference.video import VideoSummary, predict_video
 def run_predict(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    model: str | Path,
+    model: str | Path | None = None,
     *,
     device: str = "cpu",
     postprocess: PostprocessOptions | None = None,
@@ -30,17 +31,25 @@ def run_predict(
     video: bool = False,
     tracker: TrackerOptions | None = None,
     progress: bool | None = None,
+    backend: str | None = None,
 ) -> PredictionSummary | VideoSummary:
-    """Load `model` into a `Predictor` and predict on `inputs` (images) or, with `video`, on the one video
-    file or frame folder in `inputs`; see `predict_files` and `predict_video` for what is written.
+    """Load `model` (None: the bundled default model) into a `Predictor` and predict on `inputs` (images)
+    or, with `video`, on the one video file or frame folder in `inputs`; see `predict_files` and
+    `predict_video` for what is written.
 
     `coco_gt`: a COCO JSON whose image ids the results use (matched by file name), so that `instaseg eval`
-    can compare them with that ground truth.
+    can compare them with that ground truth. `backend`: "torch", "onnx" (ONNX Runtime; a checkpoint is
+    exported once to the cache) or None (onnx for an `.onnx` model, else torch).
     """
     if video and len(inputs) != 1:
         raise ValueError(f"--video takes exactly one video file or frame folder, got {len(inputs)} inputs")
     predictor = Predictor(
-        model, device=device, postprocess=postprocess, tiling=tiling, tta=tta, batch_size=batch_size
+        model_source_for_backend(model, backend),
+        device=device,
+        postprocess=postprocess,
+        tiling=tiling,
+        tta=tta,
+        batch_size=batch_size,
     )
     outputs = outputs or OutputOptions()
     if video:

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from instaseg.inference.coco_names import COCO_CATEGORY_NAMES
+from instaseg.inference.default_model import default_model_path
 from instaseg.inference.postprocess import PostprocessOptions, binarize_masks, postprocess
 from instaseg.inference.tiling import TilingOptions, predict_tiled
 from instaseg.inference.tta import TTAOptions, predict_tta
@@ -37,6 +38,7 @@ class Predictor:
     """Run a Mask R-CNN on images and return post-processed `Instances` with dataset category ids.
 
     `model_or_checkpoint` is one of:
+    - None (the default): the bundled nuclei model (`instaseg.inference.default_model`);
     - an `nn.Module` that maps a list of (3, H, W) [0, 1] tensors to a list of `Instances` (eval mode);
     - a path to an instaseg checkpoint (`{"config", "model"}`, optionally `categories`, as training writes);
     - a path to a torchvision-layout Mask R-CNN state dict (e.g. the published COCO `maskrcnn_resnet50_fpn`
@@ -49,7 +51,7 @@ class Predictor:
 
     def __init__(
         self,
-        model_or_checkpoint: nn.Module | str | Path,
+        model_or_checkpoint: nn.Module | str | Path | None = None,
         device: str | torch.device = "cpu",
         postprocess: PostprocessOptions | None = None,
         tiling: TilingOptions | None = DEFAULT_TILING,
@@ -62,6 +64,8 @@ class Predictor:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} was asked for, but torch has no usable CUDA device")
+        if model_or_checkpoint is None:
+            model_or_checkpoint = default_model_path()
         model, checkpoint_categories = load_model(model_or_checkpoint)
         self.model = model.to(self.device).eval()
         self.postprocess_options = postprocess or PostprocessOptions()
@@ -135,7 +139,11 @@ class Predictor:
 
 
 def load_model(source: nn.Module | str | Path) -> tuple[nn.Module, list[dict] | None]:
-    """A model and its categories (`[{"id", "name"}]` in class order, or None) from any `Predictor` source."""
+    """A model and its categories (`[{"id", "name"}]` in class order, or None) from any `Predictor` source.
+
+    An `.onnx` file written by `instaseg export` runs on ONNX Runtime (`OnnxMaskRCNN`, categories from its
+    metadata); any other ONNX file raises `OnnxModelError` (a `ValueError`) saying why.
+    """
     if isinstance(source, nn.Module):
         return source, None
     if isinstance(source, str) and source in MODEL_CONFIGS:
@@ -147,6 +155,11 @@ def load_model(source: nn.Module | str | Path) -> tuple[nn.Module, list[dict] | 
         raise FileNotFoundError(
             f"model {str(source)!r} is neither a file nor a model name ({', '.join(MODEL_CONFIGS)})"
         )
+    if path.suffix == ".onnx":
+        from instaseg.inference.onnx_backend import OnnxMaskRCNN
+
+        model = OnnxMaskRCNN(path)
+        return model, model.categories
     checkpoint = read_weights(path)
     if "config" in checkpoint:
         config = MaskRCNNConfig.from_dict(checkpoint["config"], source=f"{path} (config)")

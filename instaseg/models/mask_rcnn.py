@@ -86,14 +86,26 @@ class MaskRCNN(nn.Module):
         self, detections: Detections, resized_size: tuple[int, int], original_size: tuple[int, int]
     ) -> Instances:
         """One image's detections (resized-image pixels) -> `Instances` in original-image pixels."""
-        boxes, masks = self.transform.postprocess(
-            detections.boxes, detections.mask_logits.sigmoid()[:, None], resized_size, original_size
-        )
-        return Instances(
-            original_size,
-            boxes,
-            detections.labels,
-            detections.scores,
-            masks=Masks.from_bitmaps(masks),
-            mask_logits=detections.mask_logits,
-        )
+        return detections_to_instances(self.transform, detections, resized_size, original_size)
+
+
+def detections_to_instances(
+    transform: ImageTransform,
+    detections: Detections,
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+) -> Instances:
+    """One image's detections (resized-image pixels, `(H, W)` `resized_size`) -> `Instances` of an image of
+    `original_size (H, W)`: boxes rescaled, 28x28 mask probabilities pasted into bitmaps, `mask_logits` kept.
+    Shared by `MaskRCNN` and the ONNX Runtime backend (`instaseg.inference.onnx_backend`)."""
+    boxes, masks = transform.postprocess(
+        detections.boxes, detections.mask_logits.sigmoid()[:, None], resized_size, original_size
+    )
+    return Instances(
+        original_size,
+        boxes,
+        detections.labels,
+        detections.scores,
+        masks=Masks.from_bitmaps(masks),
+        mask_logits=detections.mask_logits,
+    )

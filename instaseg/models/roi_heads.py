@@ -98,7 +98,7 @@ class RoIHeads(nn.Module):
         class_logits, box_deltas = self.box_predictor(box_features)
         boxes, scores, labels = self.select_detections(class_logits, box_deltas, proposals, image_sizes)
         mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
-        mask_logits = select_class_channel(mask_logits, torch.cat(labels)).split([len(b) for b in boxes])
+        mask_logits = select_class_channel(mask_logits, torch.cat(labels)).split([b.shape[0] for b in boxes])
         return [Detections(*fields) for fields in zip(boxes, scores, labels, mask_logits, strict=True)], {}
 
     def select_detections(
@@ -111,7 +111,7 @@ class RoIHeads(nn.Module):
         """Decode class-specific boxes, then per image: clip, drop background and low scores, drop tiny boxes,
         per-class NMS, keep the best `detections_per_img`. Returns per-image boxes, scores, labels."""
         num_classes = class_logits.shape[-1]
-        boxes_per_image = [len(image_proposals) for image_proposals in proposals]
+        boxes_per_image = [image_proposals.shape[0] for image_proposals in proposals]
         pred_boxes = self.box_coder.decode(box_deltas, torch.cat(proposals)).reshape(-1, num_classes, 4)
         pred_scores = F.softmax(class_logits, dim=-1)
         all_boxes, all_scores, all_labels = [], [], []

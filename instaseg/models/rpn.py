@@ -144,7 +144,7 @@ class RegionProposalNetwork(nn.Module):
         top_indices, top_levels = [], []
         offset = 0
         for level, level_objectness in enumerate(objectness.split(anchors_per_level, dim=1)):
-            count = min(pre_nms_top_n, level_objectness.shape[1])
+            count = torch.sym_min(pre_nms_top_n, level_objectness.shape[1])  # symbolic when exported
             indices = level_objectness.topk(count, dim=1).indices + offset
             top_indices.append(indices)
             top_levels.append(torch.full_like(indices, level))

@@ -62,6 +62,10 @@ class AnchorGenerator(nn.Module):
         size minor). The same for every image of the batch; dtype and device of the first feature map.
         The tensor is cached and shared between calls with the same shapes: do not modify it in place.
         """
+        if torch.compiler.is_exporting():
+            # Symbolic sizes in an exported graph: anchors are computed in the graph, never cached.
+            grids = [(feature.shape[-2], feature.shape[-1]) for feature in feature_maps]
+            return self._grid_anchors(grids, image_size, feature_maps[0].dtype, feature_maps[0].device)
         if len(feature_maps) != len(self.sizes):
             raise ValueError(
                 f"AnchorGenerator: got {len(feature_maps)} feature maps for {len(self.sizes)} levels of sizes"

@@ -4,7 +4,9 @@ Boxes are `(N, 4)` x1y1x2y2 floating tensors; IoU is `box_iou` of `instaseg.stru
 visits boxes by decreasing score (equal scores: lower index first) and drops every later box whose IoU with a
 kept one is `> iou_threshold`, as torchvision's kernel does: the kept indices are identical to torchvision's.
 `nms` and `batched_nms` run the C++ kernels of `instaseg._C` for float32/float64 CPU tensors and the
-pure-PyTorch paths (`nms_torch`, `batched_nms_torch`, also the test oracle) otherwise.
+pure-PyTorch paths (`nms_torch`, `batched_nms_torch`, also the test oracle) otherwise. While `torch.export`
+traces a model, `batched_nms` is the opaque operator `instaseg_export::batched_nms` (its output size depends
+on the data), which `instaseg.export` translates to ONNX `NonMaxSuppression`.
 """
 
 from __future__ import annotations
@@ -58,9 +60,24 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     _check_boxes_scores(boxes, scores, "batched_nms")
     _check_idxs(idxs, boxes, "batched_nms")
     threshold = _check_threshold(iou_threshold, "batched_nms")
+    if torch.compiler.is_exporting():
+        return torch.ops.instaseg_export.batched_nms(boxes, scores, idxs, threshold)
     if _use_kernel(boxes):
         return torch.ops.instaseg.batched_nms(boxes, scores, idxs, threshold)
     return batched_nms_torch(boxes, scores, idxs, threshold)
+
+
+@torch.library.custom_op("instaseg_export::batched_nms", mutates_args=())
+def _batched_nms_op(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """`batched_nms` as one operator for `torch.export` graphs (eager calls run `batched_nms` itself)."""
+    return batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+@_batched_nms_op.register_fake
+def _batched_nms_op_fake(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    # The number of kept boxes is only known at run time: a fresh symbolic size.
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((kept,), dtype=torch.int64)
 
 
 def batched_nms_torch(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:

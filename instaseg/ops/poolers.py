@@ -65,6 +65,9 @@ class MultiScaleRoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
+        # Level scales fixed in advance (finest first), used instead of inferring them from the feature and
+        # image sizes; `instaseg.export` sets them because those sizes are symbolic in an exported graph.
+        self.scales: list[float] | None = None
 
     def forward(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
@@ -84,12 +87,15 @@ class MultiScaleRoIAlign(nn.Module):
         # Box coordinates stay in float32 (or float64) even for half-precision features.
         rois_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         rois = boxes_to_rois(boxes, rois_dtype, first.device)
-        _check_finite(rois)
+        # Traced for export, the graph has no data-dependent branches: no checks, no early exits.
+        exporting = torch.compiler.is_exporting()
+        if not exporting:
+            _check_finite(rois)
         # Every box belongs to exactly one level, so every row is written below: no need to zero-fill.
-        result = first.new_empty((len(rois), first.shape[1], *self.output_size))
-        if len(rois) == 0:
+        result = first.new_empty((rois.shape[0], first.shape[1], *self.output_size))
+        if not exporting and len(rois) == 0:
             return result
-        scales = [_infer_scale(level, image_sizes) for level in levels]
+        scales = self.scales or [_infer_scale(level, image_sizes) for level in levels]
         if any(scale != scales[0] / 2**i for i, scale in enumerate(scales)):
             raise ValueError(
                 f"MultiScaleRoIAlign: feature maps {self.featmap_names} have scales {scales} for images of "
@@ -102,13 +108,18 @@ class MultiScaleRoIAlign(nn.Module):
         )
         for offset, (feature, scale) in enumerate(zip(levels, scales, strict=True)):
             index = torch.where(box_levels == min_level + offset)[0]
-            if len(index) == 0:
+            if not exporting and len(index) == 0:
                 continue
             pooled = roi_align(
                 feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=False
             )
             result.index_copy_(0, index, pooled)
         return result
+
+    def infer_scales(self, features: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> list[float]:
+        """The scale (feature cells per image pixel) of each level in ``featmap_names`` for a batch of images
+        of ``image_sizes (H, W)`` (before padding): what ``forward`` infers when ``scales`` is not set."""
+        return [_infer_scale(features[name], image_sizes) for name in self.featmap_names]
 
     def _select_features(
         self, features: dict[str, Tensor], num_box_sets: int, num_sizes: int

@@ -9,6 +9,10 @@ Coordinate conventions (torchvision's): a box ``x1, y1, x2, y2`` is in input-ima
 and a box is at least 1 cell wide; ``aligned=True`` shifts boxes by -0.5 cell so that pixel centres sit on
 half integers (detectron2's correction). Sample points farther than one cell outside the map give 0; points
 in that one-cell margin read the border value.
+
+While `torch.export` traces a model, ``roi_align`` on a ``(K, 5)`` rois tensor is the operator
+``instaseg_export::roi_align``, which ``instaseg.export`` translates to ONNX ``RoiAlign`` (same numbers:
+``aligned=False`` is its ``output_half_pixel`` mode); the argument checks, which read the data, are skipped.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ def roi_align(
     Returns:
         ``(K, C, h, w)`` in ``input``'s dtype, boxes in the order given.
     """
+    if torch.compiler.is_exporting() and isinstance(boxes, Tensor):
+        out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+        return torch.ops.instaseg_export.roi_align(
+            input, boxes, float(spatial_scale), out_h, out_w, int(sampling_ratio), bool(aligned)
+        )
     rois, out_hw = _check_arguments(input, boxes, output_size, spatial_scale, sampling_ratio)
     if _extension.HAS_EXTENSION and input.device.type == "cpu":
         if input.dtype in _KERNEL_DTYPES:
@@ -62,6 +71,33 @@ def roi_align(
         )
         return pooled.to(input.dtype)
     return _roi_align_sparse(input, rois, out_hw, float(spatial_scale), int(sampling_ratio), bool(aligned))
+
+
+@torch.library.custom_op("instaseg_export::roi_align", mutates_args=())
+def _roi_align_op(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    out_h: int,
+    out_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """``roi_align`` on ``(K, 5)`` rois as one operator for ``torch.export`` graphs."""
+    return roi_align(input, rois, (out_h, out_w), spatial_scale, sampling_ratio, aligned)
+
+
+@_roi_align_op.register_fake
+def _roi_align_op_fake(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    out_h: int,
+    out_w: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    return input.new_empty((rois.shape[0], input.shape[1], out_h, out_w))
 
 
 def roi_align_torch(
@@ -114,7 +150,10 @@ def boxes_to_rois(boxes: Sequence[Tensor], dtype: torch.dtype, device: torch.dev
             raise ValueError(f"roi_align: boxes[{i}] must be a (K, 4) x1y1x2y2 tensor, got {shape}")
     if not boxes:
         return torch.zeros((0, 5), dtype=dtype, device=device)
-    index = torch.cat([torch.full((len(b), 1), i, dtype=dtype, device=device) for i, b in enumerate(boxes)])
+    # `b.shape[0]`, not `len(b)`: the box count is symbolic when the model is traced for export.
+    index = torch.cat(
+        [torch.full((b.shape[0], 1), i, dtype=dtype, device=device) for i, b in enumerate(boxes)]
+    )
     return torch.cat([index, torch.cat([b.to(device=device, dtype=dtype) for b in boxes])], dim=1)
 
 

@@ -154,6 +154,8 @@ class ServingConfig:
     registry_poll_s: how often the registry is checked for promote / rollback / canary changes.
     shutdown_timeout_s: on SIGTERM, how long in-flight requests may take to finish.
     torch_threads: intra-op threads for the model (None: torch's default).
+    backend: "torch", or "onnx": each registered checkpoint is exported to ONNX once (cached by its sha256,
+        see docs/deployment.md) and run by ONNX Runtime on the CPU.
     tile_size, tile_overlap: tiling used for requests with `tiling=true` on images larger than one tile.
     """
 
@@ -170,6 +172,7 @@ class ServingConfig:
     tile_size: int = 1024
     tile_overlap: int = 256
     log_level: str = "info"
+    backend: str = "torch"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -182,6 +185,8 @@ class ServingConfig:
         for name in ("request_timeout_s", "registry_poll_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"backend must be 'torch' or 'onnx', got {self.backend!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size:
@@ -220,6 +225,7 @@ def serving_config(
     default_model: str | None = None,
     window_ms: float | None = None,
     max_batch_size: int | None = None,
+    backend: str | None = None,
 ) -> ServingConfig:
     """The config of `instaseg serve`: the YAML file if given (else defaults), with command-line overrides
     (arguments left as None keep the file's value). One of `config_file` and `registry` is required."""
@@ -227,7 +233,7 @@ def serving_config(
         raise ConfigError("give a serving config file (--config) or a model registry folder (--registry)")
     config = load_serving_config(config_file) if config_file is not None else ServingConfig(registry=registry)
     config = config.with_overrides(
-        registry=registry, host=host, port=port, device=device, default_model=default_model
+        registry=registry, host=host, port=port, device=device, default_model=default_model, backend=backend
     )
     if window_ms is not None or max_batch_size is not None:
         batching = replace(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from instaseg.inference.onnx_backend import model_source_for_backend
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor, load_model
 from instaseg.inference.tiling import TilingOptions
@@ -94,7 +95,7 @@ class ServedModel:
                 "registration "
                 f"(sha256 {digest[:12]}..., registered {entry.sha256[:12]}...)"
             )
-        model, _ = load_model(entry.checkpoint)
+        model, _ = load_model(model_source_for_backend(entry.checkpoint, config.backend))
         batch = config.batching.max_batch_size
         tiling = TilingOptions(
             tile_size=config.tile_size,

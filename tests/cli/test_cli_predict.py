@@ -12,17 +12,9 @@ import torch
 from PIL import Image
 
 from instaseg.cli import main as cli_main
-from instaseg.cli import predict
 from instaseg.data.convert import convert
 from instaseg.engine.checkpoint import save_model_file
 from instaseg.models import build
-
-
-@pytest.fixture(autouse=True)
-def predict_registered(monkeypatch):
-    """Until the lead lists `predict` in `instaseg.cli.main.COMMANDS`, add it for these tests."""
-    if predict not in cli_main.COMMANDS:
-        monkeypatch.setattr(cli_main, "COMMANDS", [*cli_main.COMMANDS, predict])
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,292 @@
+"""Export a Mask R-CNN's inference path to one ONNX file (`export_onnx`, `export_model`).
+
+The graph (`InferenceGraph`) is the model's own eval-mode code from the padded image to the detections,
+traced by `torch.onnx.export(dynamo=True)` (torch.export + onnxscript). Two operators whose output size
+depends on the data are opaque while tracing (`instaseg_export::batched_nms`, `instaseg_export::roi_align`,
+see `instaseg.ops`) and are translated here to ONNX `NonMaxSuppression` and `RoiAlign`. What stays in Python,
+on both sides of the graph: image loading, the resize and normalisation (`ImageTransform`), and mapping boxes
+and 28x28 masks back to the original image (`ImageTransform.postprocess`, `paste_masks_in_image`). See
+docs/deployment.md for the reasons.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instaseg import __version__
+from instaseg.export.metadata import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES, ExportMetadata, write_metadata
+from instaseg.io.atomic import atomic_write
+from instaseg.models.build import WeightsError
+from instaseg.models.mask_rcnn import MaskRCNN
+from instaseg.models.norm import fold_frozen_batchnorm
+from instaseg.models.transform import ImageBatch
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "ExportError",
+    "InferenceGraph",
+    "export_model",
+    "export_onnx",
+    "onnx_cache_dir",
+    "onnx_model_file",
+    "require_onnx",
+]
+
+# torch's exporter writes opset 18 natively; 16 is the first with RoiAlign's `output_half_pixel` mode (what
+# torchvision's aligned=False computes) and onnx's version converter goes down to it.
+DEFAULT_OPSET = 18
+MIN_OPSET = 16
+MAX_OPSET = 21
+_log = logging.getLogger(__name__)
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked (bad opset, missing onnx packages, a failed trace)."""
+
+
+def require_onnx() -> ModuleType:
+    """The `onnx` module, or an `ExportError` saying how to install the ONNX extra."""
+    try:
+        for name in ("onnxscript", "onnxruntime"):
+            importlib.import_module(name)
+        return importlib.import_module("onnx")
+    except ImportError as error:
+        raise ExportError(
+            f"ONNX export and the ONNX Runtime backend need onnx, onnxscript and onnxruntime ({error}): "
+            "pip install 'instaseg[onnx]'"
+        ) from None
+
+
+def check_opset(opset: int) -> None:
+    """Refuse opsets that lack an operator of the graph, naming the operator."""
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"opset {opset} is too low: RoiAlign with coordinate_transformation_mode='output_half_pixel' "
+            f"(torchvision's aligned=False pooling of Mask R-CNN) needs opset >= {MIN_OPSET}"
+        )
+    if opset > MAX_OPSET:
+        raise ExportError(f"opset {opset} is not supported: instaseg exports opsets {MIN_OPSET}..{MAX_OPSET}")
+
+
+class InferenceGraph(nn.Module):
+    """What goes into the ONNX graph: `forward(image (1, 3, h, w)) -> (boxes, scores, labels, mask_logits)`.
+
+    `image` is one resized, normalised, unpadded image (as `ImageTransform` makes it); it is zero-padded to a
+    multiple of `size_divisible` here, exactly like `batch_images`, so that `h, w` stay the resized size
+    that boxes are clipped to. Outputs are `MaskRCNN`'s eval-mode detections in resized-image pixels:
+    `boxes (N, 4)` x1y1x2y2, `scores (N,)`, `labels (N,)` int64, `mask_logits (N, 28, 28)`. Holds the model's
+    own modules; the pyramid level scales of its RoI poolers are fixed here (they are inferred from sizes
+    that are symbolic in a traced graph), so give it a copy of the model.
+    """
+
+    def __init__(self, model: MaskRCNN) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.rpn = model.rpn
+        self.roi_heads = model.roi_heads
+        self.size_divisible = model.transform.size_divisible
+        probe_side = 4 * self.size_divisible
+        with torch.no_grad():
+            features = self.backbone(torch.zeros(1, 3, probe_side, probe_side))
+        for pooler in (self.roi_heads.box_roi_pool, self.roi_heads.mask_roi_pool):
+            pooler.scales = pooler.infer_scales(features, [(probe_side, probe_side)])
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        height, width = image.shape[-2], image.shape[-1]
+        padded = F.pad(image, (0, (-width) % self.size_divisible, 0, (-height) % self.size_divisible))
+        features = self.backbone(padded)
+        batch = ImageBatch(padded, [(height, width)])
+        proposals, _ = self.rpn(batch, features)
+        (detections,), _ = self.roi_heads(features, proposals, batch.image_sizes)
+        return detections.boxes, detections.scores, detections.labels, detections.mask_logits
+
+
+def export_onnx(
+    model: MaskRCNN,
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic: bool = True,
+    input_size: tuple[int, int] | None = None,
+    fold_batchnorm: bool = True,
+    categories: Sequence[dict] | None = None,
+    source: str = "",
+    source_sha256: str | None = None,
+) -> ExportMetadata:
+    """Write `model`'s inference graph (see `InferenceGraph`) with its metadata to `path` (atomically).
+
+    `dynamic`: any image size (the default); otherwise the graph takes only resized images of `input_size`
+    `(h, w)` (default: `min_size` square). `fold_batchnorm` folds frozen batch norm into the convolutions
+    before tracing (the model itself is not changed). `categories`, `source` and `source_sha256` are
+    recorded in the metadata. Returns the metadata written.
+    """
+    onnx = require_onnx()
+    check_opset(opset)
+    if not isinstance(model, MaskRCNN):
+        raise ExportError(f"only instaseg MaskRCNN models can be exported, got {type(model).__name__}")
+    model = copy.deepcopy(model).eval()
+    folded = fold_frozen_batchnorm(model.backbone) if fold_batchnorm else 0
+    graph = InferenceGraph(model).eval()
+    transform = model.transform
+    example_size = input_size or (transform.min_size[-1], transform.min_size[-1])
+    # Unequal sides (and not multiples of size_divisible) so that the trace specialises on neither.
+    example = torch.zeros(1, 3, example_size[0], example_size[1] if not dynamic else example_size[1] + 37)
+    dynamic_shapes = (
+        {"image": {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}} if dynamic else None
+    )
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                dynamo=True,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                custom_translation_table=_translation_table(),
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as error:  # torch.export and onnxscript raise many types; keep the first line
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ExportError(f"ONNX export failed: {type(error).__name__}: {first_line}") from error
+    model_proto = program.model_proto
+    # Shapes recorded for weights go stale when tools rewrite them (ONNX Runtime's quantizer transposes Gemm
+    # weights, then fails its own shape check): keep value_info for computed tensors only.
+    weights = {initializer.name for initializer in model_proto.graph.initializer}
+    computed = [info for info in model_proto.graph.value_info if info.name not in weights]
+    del model_proto.graph.value_info[:]
+    model_proto.graph.value_info.extend(computed)
+    metadata = ExportMetadata(
+        num_classes=model.num_classes,
+        min_size=int(transform.min_size[-1]),
+        max_size=int(transform.max_size),
+        image_mean=tuple(float(v) for v in transform.image_mean.flatten()),
+        image_std=tuple(float(v) for v in transform.image_std.flatten()),
+        size_divisible=int(transform.size_divisible),
+        max_image_pixels=int(model.max_image_pixels),
+        opset=opset,
+        categories=[dict(c) for c in categories] if categories is not None else None,
+        input_size=None if dynamic else tuple(example_size),
+        source=source,
+        source_sha256=source_sha256,
+        bn_folded=folded > 0,
+        config=model.config.to_dict() if model.config is not None else None,
+    )
+    write_metadata(model_proto, metadata)
+    onnx.checker.check_model(model_proto)
+    with atomic_write(path) as stream:
+        stream.write(model_proto.SerializeToString())
+    return metadata
+
+
+def export_model(source: str | Path, path: str | Path, **options: Any) -> ExportMetadata:
+    """Export any model source `Predictor` accepts (a checkpoint, a torchvision-layout state dict, a model
+    name or config) to `path`; the checkpoint's categories and sha256 go into the metadata. `options` are
+    `export_onnx`'s."""
+    from instaseg.inference.predictor import load_model
+    from instaseg.serving.registry import file_sha256
+
+    if Path(source).suffix == ".onnx":
+        raise ExportError(
+            f"{source} is already an ONNX file; export takes a PyTorch checkpoint or a model name"
+        )
+    try:
+        model, categories = load_model(source)
+    except WeightsError as error:  # torch's size-mismatch report spans many lines: make it one
+        raise ExportError(
+            f"cannot export {source}: its weights do not match its config: {' '.join(str(error).split())}"
+        ) from None
+    digest = file_sha256(Path(source)) if Path(source).is_file() else None
+    return export_onnx(
+        model, path, categories=categories, source=str(source), source_sha256=digest, **options
+    )
+
+
+def onnx_cache_dir() -> Path:
+    """Where checkpoints exported for `--backend onnx` are kept: `$XDG_CACHE_HOME/instaseg/onnx` (default
+    `~/.cache/instaseg/onnx`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "instaseg" / "onnx"
+
+
+def onnx_model_file(source: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """The ONNX file for a model source: an `.onnx` path itself; a checkpoint (or config) file exported once
+    into `onnx_cache_dir()`, named by its sha256, this instaseg version and the opset, and reused while
+    those stay the same. Model names have random weights and no file to key a cache on: they are refused."""
+    path = Path(source)
+    if path.suffix == ".onnx":
+        return path
+    if not path.is_file():
+        raise ExportError(
+            f"the ONNX backend needs an .onnx file or a checkpoint file to export; {str(source)!r} is "
+            "neither (export a named model with `instaseg export` first)"
+        )
+    from instaseg.serving.registry import file_sha256
+
+    digest = file_sha256(path)
+    cached = onnx_cache_dir() / f"{digest[:32]}-v{__version__}-f{FORMAT_VERSION}-opset{opset}.onnx"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _log.info("exporting %s to %s for the ONNX Runtime backend", path, cached)
+        export_model(path, cached, opset=opset)
+    return cached
+
+
+def _translation_table() -> dict[Any, Any]:
+    """ONNX translations of the opaque operators of `instaseg.ops` (onnxscript functions)."""
+    from onnxscript import INT64
+    from onnxscript import opset18 as op
+
+    def batched_nms(boxes, scores, idxs, iou_threshold):
+        # One NonMaxSuppression class per category: row c of the (1, C, N) scores keeps the scores of
+        # category c and -inf elsewhere, which the score threshold (the lowest float) drops.
+        categories = op.Add(op.ReduceMax(op.Concat(idxs, op.Constant(value_ints=[0]), axis=0), keepdims=1), 1)
+        category_ids = op.Range(op.Constant(value_int=0), op.Squeeze(categories), op.Constant(value_int=1))
+        member = op.Equal(op.Unsqueeze(category_ids, [1]), op.Unsqueeze(idxs, [0]))
+        filler = op.Constant(value_float=float("-inf"))
+        class_scores = op.Where(member, op.Unsqueeze(scores, [0]), filler)
+        selected = op.NonMaxSuppression(
+            op.Unsqueeze(boxes, [0]),
+            op.Unsqueeze(class_scores, [0]),
+            op.Shape(scores),
+            op.Constant(value_floats=[iou_threshold]),
+            op.Constant(value_floats=[-3.4028234663852886e38]),
+        )
+        kept = op.Reshape(op.Slice(selected, [2], [3], [1]), [-1])
+        # Order as batched_nms: decreasing score, equal scores by index (TopK keeps lower positions first).
+        count = op.Shape(kept)
+        ascending, _ = op.TopK(kept, count, largest=0, sorted=1)
+        _, order = op.TopK(op.Gather(scores, ascending), count, largest=1, sorted=1)
+        return op.Gather(ascending, order)
+
+    def roi_align(input, rois, spatial_scale, out_h, out_w, sampling_ratio, aligned):
+        batch_indices = op.Cast(op.Reshape(op.Slice(rois, [0], [1], [1], [1]), [-1]), to=INT64.dtype)
+        return op.RoiAlign(
+            input,
+            op.Slice(rois, [1], [5], [1], [1]),
+            batch_indices,
+            coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
+            mode="avg",
+            output_height=out_h,
+            output_width=out_w,
+            sampling_ratio=sampling_ratio,
+            spatial_scale=spatial_scale,
+        )
+
+    return {
+        torch.ops.instaseg_export.batched_nms.default: batched_nms,
+        torch.ops.instaseg_export.roi_align.default: roi_align,
+    }

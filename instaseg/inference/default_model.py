@@ -1,0 +1,24 @@
+"""The bundled default model: Mask R-CNN with an EfficientNet-Lite0 backbone, trained by instaseg on the 2018
+Data Science Bowl nuclei (one class, "nucleus"). Model card, training command and accuracy: docs/models.md.
+
+It ships inside the package (`instaseg/assets/models/`), so `instaseg predict image.png` and `Predictor()`
+work offline right after `pip install`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_MODEL_FILE = "nuclei_efficientnet_lite0.pt"
+
+
+def default_model_path() -> Path:
+    """Path of the bundled checkpoint; `FileNotFoundError` if the installation lacks it."""
+    path = Path(str(resources.files("instaseg") / "assets" / "models" / DEFAULT_MODEL_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the bundled default model is missing from this installation ({path}); reinstall instaseg "
+            "or name a model with --model"
+        )
+    return path
