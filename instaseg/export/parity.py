@@ -2,7 +2,8 @@
 
 Instances are matched greedily in the reference's order (decreasing score) to the unmatched candidate of
 highest box IoU (at least `min_box_iou`). Box error is relative per coordinate, `|a - b| / max(|b|, 1)` (a
-1-pixel floor, so coordinates near 0 do not blow the ratio up); masks are compared as pasted bitmaps.
+1-pixel floor, so coordinates near 0 do not blow the ratio up); masks are compared as pasted bitmaps (two
+empty masks count as IoU 1).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def compare_instances(reference: Instances, candidate: Instances, min_box_iou: f
     mismatches = int((reference.labels[ref_index] != candidate.labels[cand_index]).sum())
     mask_ious = np.zeros(0)
     if reference.masks is not None and candidate.masks is not None:
-        ref_rles, cand_rles = reference.masks[ref_index].rles(), candidate.masks[cand_index].rles()
+        ref_masks, cand_masks = reference.masks[ref_index], candidate.masks[cand_index]
+        ref_rles, cand_rles = ref_masks.rles(), cand_masks.rles()
         mask_ious = np.diag(mask_iou(cand_rles, ref_rles, np.zeros(len(ref_rles), dtype=bool))).copy()
+        # two empty masks (tiny boxes where no pixel passes 0.5) agree perfectly; COCO's IoU calls that 0
+        both_empty = (ref_masks.area() == 0) & (cand_masks.area() == 0)
+        mask_ious[both_empty.cpu().numpy()] = 1.0
     return ParityStats(len(reference), len(candidate), len(pairs), box_error, mismatches, mask_ious)

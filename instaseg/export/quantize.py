@@ -27,8 +27,8 @@ from instaseg.io.images import load_image, to_tensor
 
 QUANTIZATION_MODES = ("dynamic", "static")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-# Dynamic quantization of convolutions (ConvInteger, activations quantized per call) measured 3x slower than
-# float on ONNX Runtime's CPU kernels: "dynamic" quantizes the box head's matrix products only.
+# Dynamic quantization of convolutions (ConvInteger, activations quantized per call) ran ~3x slower than
+# float on ONNX Runtime's CPU kernels in a trial: "dynamic" quantizes the box head's matrix products only.
 DYNAMIC_QUANTIZED_OPS = ("MatMul", "Gemm")
 # Layers left float by static quantization, by weight name. Quantizing the EfficientNet-Lite0 body cost 8 mask
 # AP points on the nuclei validation images (depthwise and pointwise alike); FPN, RPN and heads cost < 0.3.
