@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from instaseg.io.atomic import atomic_write
+from instaseg.models.build import WeightsError, read_weights
 
 CHECKPOINT_KEYS = (
     "config",
@@ -73,13 +74,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        # weights_only: the file holds tensors and plain containers only, so nothing in it can run code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # torch raises many types (RuntimeError, EOFError, UnpicklingError) for bad files
-        raise CheckpointError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        state = read_weights(path)
+    except WeightsError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
+    if any(key not in state for key in CHECKPOINT_KEYS):
         raise CheckpointError(
             f"{path} is not an instaseg training checkpoint (expected keys {CHECKPOINT_KEYS})"
         )

@@ -21,6 +21,7 @@ from instaseg.models.efficientnet_lite import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EfficientNetLite,
+    imagenet_weights_path,
     load_imagenet_weights,
 )
 from instaseg.models.fpn import FPN_LEVEL_NAMES, FeaturePyramidNetwork
@@ -214,8 +215,9 @@ def load_backbone_weights(model: MaskRCNN, source: str | Path) -> None:
             f"backbone weights {str(source)!r}: only EfficientNet-Lite0 backbones have ImageNet weights "
             f"here; this model's backbone is {model.config.backbone if model.config else type(body).__name__}"
         )
+    path = imagenet_weights_path() if str(source) == "imagenet" else Path(source)
     try:
-        load_imagenet_weights(body, None if str(source) == "imagenet" else source)
+        load_imagenet_weights(body, read_weights(path), str(path))
     except ValueError as error:
         raise WeightsError(str(error)) from None
 

@@ -16,13 +16,11 @@ Strides of C2..C5 are 4, 8, 16, 32 with 24, 40, 112, 320 channels.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-NormLayer = Callable[[int], nn.Module]
+from instaseg.models.norm import NormLayer, reset_body_parameters
 
 # Lite0 blocks, stage by stage: (repeats, kernel, stride, expand ratio, output channels). EfficientNet-B0's
 # table with width and depth multipliers 1.0; Lite keeps the 32-channel stem for every size.
@@ -96,16 +94,7 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self.act = nn.ReLU6(inplace=True)
         self.out_channels = list(OUT_CHANNELS)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """He initialisation for convolutions, identity for norm layers (used when training from scratch)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        reset_body_parameters(self)  # from scratch; ImageNet weights replace it
 
     def stages(self) -> list[list[nn.Module]]:
         """Module groups bottom-up: stem, then the blocks ending at C2, C3, C4, C5 (five groups)."""
@@ -137,16 +126,12 @@ def imagenet_weights_path() -> Path:
     return Path(spec.origin).parent / IMAGENET_WEIGHTS_FILE
 
 
-def load_imagenet_weights(body: EfficientNetLite, path: str | Path | None = None) -> None:
-    """Load the `efficientnet_pytorch`-layout ImageNet state dict (default: the packaged file) into `body`.
+def load_imagenet_weights(body: EfficientNetLite, state: dict, source: str) -> None:
+    """Load an `efficientnet_pytorch`-layout ImageNet state dict (read from `source`) into `body`.
 
     The classifier (`_fc`) and the 1280-channel head (`_conv_head`, `_bn1`) have no place in a detection
     backbone and are skipped; every other key must match (a foreign file raises `ValueError` naming it).
     """
-    path = Path(path) if path is not None else imagenet_weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected an EfficientNet-Lite0 state dict, got {type(state).__name__}")
     state = {
         key: value for key, value in state.items() if not key.startswith(("_fc.", "_conv_head.", "_bn1."))
     }
@@ -155,6 +140,6 @@ def load_imagenet_weights(body: EfficientNetLite, path: str | Path | None = None
     missing = [key for key in result.missing_keys if not key.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise ValueError(
-            f"{path}: not EfficientNet-Lite0 weights: missing {missing[:5]}, unexpected "
+            f"{source}: not EfficientNet-Lite0 weights: missing {missing[:5]}, unexpected "
             f"{result.unexpected_keys[:5]}"
         )

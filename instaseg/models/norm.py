@@ -1,4 +1,4 @@
-"""Norm layers for the ResNet body: frozen batch norm (inference, fine-tuning), batch norm, group norm."""
+"""Norm layers for the backbone bodies: frozen batch norm (inference, fine-tuning), batch norm, group norm."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import torch
 from torch import Tensor, nn
 
 NORM_KINDS = ("frozen_bn", "bn", "gn")
+
+# What a body takes to make its norm layers: `norm(num_channels) -> nn.Module` (see `norm_layer`).
+NormLayer = Callable[[int], nn.Module]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -85,7 +88,18 @@ class _NormLeafTracer(torch.fx.Tracer):
         return isinstance(module, FrozenBatchNorm2d) or super().is_leaf_module(module, qualified_name)
 
 
-def norm_layer(kind: str, frozen_bn_eps: float = 1e-5, gn_groups: int = 32) -> Callable[[int], nn.Module]:
+def reset_body_parameters(body: nn.Module) -> None:
+    """He initialisation for convolutions, identity for trainable norm layers: a body trained from scratch
+    (torchvision's ResNet init). Frozen batch norm holds no parameters and keeps its buffers."""
+    for module in body.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def norm_layer(kind: str, frozen_bn_eps: float = 1e-5, gn_groups: int = 32) -> NormLayer:
     """A constructor `f(num_channels) -> nn.Module` for `kind` in `NORM_KINDS`.
 
     `"frozen_bn"` for inference and fine-tuning with small batches (torchvision's default), `"bn"` for

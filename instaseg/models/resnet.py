@@ -7,11 +7,9 @@ of a bottleneck sits on its 3x3 convolution (ResNet v1.5), as in torchvision.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import Tensor, nn
 
-NormLayer = Callable[[int], nn.Module]
+from instaseg.models.norm import NormLayer, reset_body_parameters
 
 # depth -> (block type, blocks per stage)
 RESNET_DEPTHS = {
@@ -106,16 +104,7 @@ class ResNet(nn.Module):
             stages.append(stage)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = [64 * 2**index * block.expansion for index in range(4)]
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """He initialisation for convolutions, identity for norm layers (torchvision's ResNet init)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        reset_body_parameters(self)
 
     def stages(self) -> list[list[nn.Module]]:
         """Module groups bottom-up: stem (`conv1`, `bn1`), then `layer1`..`layer4` (five groups)."""

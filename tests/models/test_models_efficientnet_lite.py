@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from instaseg.models import WeightsError, build
-from instaseg.models.build import load_backbone_weights
+from instaseg.models.build import load_backbone_weights, read_weights
 from instaseg.models.efficientnet_lite import EfficientNetLite, imagenet_weights_path, load_imagenet_weights
 from instaseg.models.norm import FrozenBatchNorm2d, norm_layer
 
@@ -31,8 +31,8 @@ def test_packaged_imagenet_weights_load_into_every_body_tensor() -> None:
     assert path.is_file(), path
     body = EfficientNetLite(norm_layer("frozen_bn", 1e-3))
     before = {key: value.clone() for key, value in body.state_dict().items()}
-    load_imagenet_weights(body)
-    reference = torch.load(path, map_location="cpu", weights_only=True)
+    reference = read_weights(path)
+    load_imagenet_weights(body, reference, str(path))
     for key, value in body.state_dict().items():
         torch.testing.assert_close(value, reference[key], rtol=0, atol=0)
         assert not torch.equal(value, before[key]) or key.endswith(("running_mean", "bias")), key
@@ -43,7 +43,7 @@ def test_pretrained_features_respond_to_image_content() -> None:
     flat = torch.full((1, 3, 128, 128), 0.0)
     textured = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
     pretrained = EfficientNetLite(norm_layer("frozen_bn", 1e-3))
-    load_imagenet_weights(pretrained)
+    load_imagenet_weights(pretrained, read_weights(imagenet_weights_path()), "imagenet")
     with torch.no_grad():
         c5_flat, c5_textured = pretrained(flat)[-1], pretrained(textured)[-1]
     assert torch.isfinite(c5_textured).all()
@@ -54,7 +54,7 @@ def test_a_foreign_state_dict_is_refused_naming_the_file(tmp_path: Path) -> None
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(ValueError, match="resnet.pth: not EfficientNet-Lite0 weights"):
-        load_imagenet_weights(EfficientNetLite(norm_layer("frozen_bn")), path)
+        load_backbone_weights(build("maskrcnn_efficientnet_lite0_fpn", num_classes=2), path)
 
 
 def test_backbone_weights_only_for_efficientnet_models() -> None:
