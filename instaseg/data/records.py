@@ -52,6 +52,9 @@ POLYGON_TOLERANCE_PX = 1.0
 
 # File name endings that folder readers take for images (compared in lower case); other files are not images.
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+# COCO's compressed RLE writes each 5-bit group plus a continuation bit as one character '0'..'o' (48..111).
+# pycocotools parses any string without checking, and garbage gives run lengths that change from run to run.
+_RLE_CHARACTERS = bytes(range(48, 112))
 
 Segmentation = dict[str, Any] | list[list[float]]
 
@@ -240,6 +243,11 @@ def rle_problem(rle: Any, height: int, width: int) -> str | None:
         return None
     if not isinstance(counts, str | bytes) or not counts:
         return "RLE 'counts' must be a non-empty string (compressed) or a list of integers (uncompressed)"
+    raw = counts.encode("utf-8") if isinstance(counts, str) else counts
+    if raw.translate(None, _RLE_CHARACTERS):
+        return (
+            f"compressed RLE 'counts' do not describe a {height}x{width} mask (characters outside '0'..'o')"
+        )
     return None
 
 
