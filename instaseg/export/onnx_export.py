@@ -250,18 +250,20 @@ def _translation_table() -> dict[Any, Any]:
     from onnxscript import INT64
     from onnxscript import opset18 as op
 
-    def batched_nms(boxes, scores, idxs, iou_threshold):
+    def batched_nms(boxes, scores, idxs, iou_threshold, max_kept):
         # One NonMaxSuppression class per category: row c of the (1, C, N) scores keeps the scores of
-        # category c and -inf elsewhere, which the score threshold (the lowest float) drops.
+        # category c and -inf elsewhere, which the score threshold (the lowest float) drops. With `max_kept`
+        # each category's greedy pass stops after that many boxes: the best `max_kept` overall are among them.
         categories = op.Add(op.ReduceMax(op.Concat(idxs, op.Constant(value_ints=[0]), axis=0), keepdims=1), 1)
         category_ids = op.Range(op.Constant(value_int=0), op.Squeeze(categories), op.Constant(value_int=1))
         member = op.Equal(op.Unsqueeze(category_ids, [1]), op.Unsqueeze(idxs, [0]))
         filler = op.Constant(value_float=float("-inf"))
         class_scores = op.Where(member, op.Unsqueeze(scores, [0]), filler)
+        per_class = op.Shape(scores) if max_kept is None else op.Constant(value_ints=[max_kept])
         selected = op.NonMaxSuppression(
             op.Unsqueeze(boxes, [0]),
             op.Unsqueeze(class_scores, [0]),
-            op.Shape(scores),
+            per_class,
             op.Constant(value_floats=[iou_threshold]),
             op.Constant(value_floats=[-3.4028234663852886e38]),
         )
@@ -270,7 +272,8 @@ def _translation_table() -> dict[Any, Any]:
         count = op.Shape(kept)
         ascending, _ = op.TopK(kept, count, largest=0, sorted=1)
         _, order = op.TopK(op.Gather(scores, ascending), count, largest=1, sorted=1)
-        return op.Gather(ascending, order)
+        ordered = op.Gather(ascending, order)
+        return ordered if max_kept is None else op.Slice(ordered, [0], [max_kept], [0])
 
     def roi_align(input, rois, spatial_scale, out_h, out_w, sampling_ratio, aligned):
         batch_indices = op.Cast(op.Reshape(op.Slice(rois, [0], [1], [1], [1]), [-1]), to=INT64.dtype)

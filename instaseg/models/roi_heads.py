@@ -125,8 +125,9 @@ class RoIHeads(nn.Module):
             scores = scores[:, 1:].reshape(-1)
             keep = torch.where(scores > self.score_thresh)[0]
             keep = keep[remove_small_boxes(boxes[keep], self.min_box_size)]
-            keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_thresh)]
-            keep = keep[: self.detections_per_img]
+            keep = keep[
+                batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_thresh, self.detections_per_img)
+            ]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])

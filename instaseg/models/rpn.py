@@ -119,11 +119,9 @@ class RegionProposalNetwork(nn.Module):
         anchors_per_level = [level.shape[1] * level.shape[2] * level.shape[3] for level in logits]
         objectness, box_deltas = flatten_predictions(logits, deltas)
         # Proposals do not back-propagate into the deltas (Faster R-CNN's approximate joint training).
-        proposals = self.box_coder.decode(
-            box_deltas.detach().reshape(-1, 4), anchors.repeat(len(logits[0]), 1)
+        boxes = self.filter_proposals(
+            box_deltas.detach(), anchors, objectness.detach(), batch.image_sizes, anchors_per_level
         )
-        proposals = proposals.view(objectness.shape[0], -1, 4)
-        boxes = self.filter_proposals(proposals, objectness.detach(), batch.image_sizes, anchors_per_level)
         if not self.training:
             return boxes, {}
         if targets is None:
@@ -133,12 +131,17 @@ class RegionProposalNetwork(nn.Module):
 
     def filter_proposals(
         self,
-        proposals: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
         objectness: Tensor,
         image_sizes: list[tuple[int, int]],
         anchors_per_level: list[int],
     ) -> list[Tensor]:
-        """Top-n per level, clip, drop tiny boxes, per-level NMS, keep `post_nms_top_n` per image."""
+        """Top-n per level, decode, clip, drop tiny boxes, per-level NMS, keep `post_nms_top_n` per image.
+
+        `box_deltas (B, A, 4)` and `objectness (B, A)` per anchor of `anchors (A, 4)`; only the top-n anchors
+        of each level are decoded (the same boxes as decoding all, for a fraction of the work).
+        """
         pre_nms_top_n = self.pre_nms_top_n_train if self.training else self.pre_nms_top_n_test
         post_nms_top_n = self.post_nms_top_n_train if self.training else self.post_nms_top_n_test
         top_indices, top_levels = [], []
@@ -152,7 +155,9 @@ class RegionProposalNetwork(nn.Module):
         top_indices = torch.cat(top_indices, dim=1)
         levels = torch.cat(top_levels, dim=1)
         scores = torch.sigmoid(objectness.gather(1, top_indices))
-        proposals = proposals.gather(1, top_indices[..., None].expand(-1, -1, 4))
+        top_deltas = box_deltas.gather(1, top_indices[..., None].expand(-1, -1, 4))
+        proposals = self.box_coder.decode(top_deltas.reshape(-1, 4), anchors[top_indices.reshape(-1)])
+        proposals = proposals.view(top_indices.shape[0], -1, 4)
         results = []
         for boxes, image_scores, image_levels, image_size in zip(
             proposals, scores, levels, image_sizes, strict=True
@@ -160,8 +165,10 @@ class RegionProposalNetwork(nn.Module):
             boxes = clip_boxes(boxes, image_size)
             keep = remove_small_boxes(boxes, self.min_box_size)
             keep = keep[image_scores[keep] >= self.score_thresh]
-            keep = keep[batched_nms(boxes[keep], image_scores[keep], image_levels[keep], self.nms_thresh)]
-            results.append(boxes[keep[:post_nms_top_n]])
+            kept = batched_nms(
+                boxes[keep], image_scores[keep], image_levels[keep], self.nms_thresh, post_nms_top_n
+            )
+            results.append(boxes[keep[kept]])
         return results
 
     def assign_targets(self, anchors: Tensor, targets: list[Target]) -> tuple[list[Tensor], list[Tensor]]:

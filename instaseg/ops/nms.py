@@ -49,32 +49,45 @@ def nms_torch(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[keep]
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, max_kept: int | None = None
+) -> Tensor:
     """NMS within each category: boxes only suppress boxes with the same `idxs` value.
 
     boxes `(N, 4)` x1y1x2y2, scores `(N,)`, idxs `(N,)` integer category (or image) of each box -> `(K,)`
-    int64 kept indices sorted by decreasing score (ties by index). The CPU kernel groups boxes by category
-    (in parallel for large inputs); benchmarks/bench_ops_nms.py measured it against the coordinate-offset
-    trick and a per-category loop over `nms`: both slower, and the offset trick also rounds coordinates.
+    int64 kept indices sorted by decreasing score (ties by index), only the first `max_kept` if given. The
+    CPU kernel groups boxes by category (in parallel for large inputs); benchmarks/bench_ops_nms.py measured
+    it against the coordinate-offset trick and a per-category loop over `nms`: both slower, and the offset
+    trick also rounds coordinates. In an exported graph `max_kept` also caps each category's greedy pass
+    (the best `max_kept` overall are among the best `max_kept` of their category), which is where ONNX
+    Runtime's `NonMaxSuppression` spends its time.
     """
     _check_boxes_scores(boxes, scores, "batched_nms")
     _check_idxs(idxs, boxes, "batched_nms")
     threshold = _check_threshold(iou_threshold, "batched_nms")
+    if max_kept is not None and max_kept < 0:
+        raise ValueError(f"batched_nms: max_kept must be >= 0 or None, got {max_kept}")
     if torch.compiler.is_exporting():
-        return torch.ops.instaseg_export.batched_nms(boxes, scores, idxs, threshold)
+        return torch.ops.instaseg_export.batched_nms(boxes, scores, idxs, threshold, max_kept)
     if _use_kernel(boxes):
-        return torch.ops.instaseg.batched_nms(boxes, scores, idxs, threshold)
-    return batched_nms_torch(boxes, scores, idxs, threshold)
+        keep = torch.ops.instaseg.batched_nms(boxes, scores, idxs, threshold)
+    else:
+        keep = batched_nms_torch(boxes, scores, idxs, threshold)
+    return keep[:max_kept]
 
 
 @torch.library.custom_op("instaseg_export::batched_nms", mutates_args=())
-def _batched_nms_op(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def _batched_nms_op(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, max_kept: int | None
+) -> Tensor:
     """`batched_nms` as one operator for `torch.export` graphs (eager calls run `batched_nms` itself)."""
-    return batched_nms(boxes, scores, idxs, iou_threshold)
+    return batched_nms(boxes, scores, idxs, iou_threshold, max_kept)
 
 
 @_batched_nms_op.register_fake
-def _batched_nms_op_fake(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def _batched_nms_op_fake(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, max_kept: int | None
+) -> Tensor:
     # The number of kept boxes is only known at run time: a fresh symbolic size.
     kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((kept,), dtype=torch.int64)

@@ -16,6 +16,9 @@ from torch import Tensor, nn
 from instaseg.ops.roi_align import boxes_to_rois, roi_align
 from instaseg.structures.boxes import box_area
 
+# Bound of the row-band and column fields of `pooling_order`'s sort key (2**21 pixels or bands).
+_KEY_LIMIT = 2**21
+
 
 def assign_boxes_to_levels(
     boxes: Tensor, min_level: int, max_level: int, canonical_scale: int = 224, canonical_level: int = 4
@@ -91,10 +94,8 @@ class MultiScaleRoIAlign(nn.Module):
         exporting = torch.compiler.is_exporting()
         if not exporting:
             _check_finite(rois)
-        # Every box belongs to exactly one level, so every row is written below: no need to zero-fill.
-        result = first.new_empty((rois.shape[0], first.shape[1], *self.output_size))
         if not exporting and len(rois) == 0:
-            return result
+            return first.new_empty((0, first.shape[1], *self.output_size))
         scales = self.scales or [_infer_scale(level, image_sizes) for level in levels]
         if any(scale != scales[0] / 2**i for i, scale in enumerate(scales)):
             raise ValueError(
@@ -106,15 +107,18 @@ class MultiScaleRoIAlign(nn.Module):
         box_levels = assign_boxes_to_levels(
             rois[:, 1:], min_level, max_level, self.canonical_scale, self.canonical_level
         )
+        order = pooling_order(rois, box_levels, len(image_sizes))
+        sorted_levels = box_levels[order]
+        pooled = []
         for offset, (feature, scale) in enumerate(zip(levels, scales, strict=True)):
-            index = torch.where(box_levels == min_level + offset)[0]
+            index = order[sorted_levels == min_level + offset]
             if not exporting and len(index) == 0:
                 continue
-            pooled = roi_align(
-                feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=False
+            pooled.append(
+                roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=False)
             )
-            result.index_copy_(0, index, pooled)
-        return result
+        # Row i of the concatenation is box order[i]: put the rows back in the order the boxes were given.
+        return torch.cat(pooled).index_select(0, torch.argsort(order))
 
     def infer_scales(self, features: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> list[float]:
         """The scale (feature cells per image pixel) of each level in ``featmap_names`` for a batch of images
@@ -145,6 +149,31 @@ class MultiScaleRoIAlign(nn.Module):
                 f"for a feature batch of {first.shape[0]} images"
             )
         return levels
+
+
+def pooling_order(rois: Tensor, levels: Tensor, num_images: int, band_cells: int = 4) -> Tensor:
+    """The order in which `MultiScaleRoIAlign` pools its boxes: by level, then image, then centre row band
+    (`band_cells` feature cells of the box's level), then centre x.
+
+    Any order gives the same result; this one is for the cache: boxes pooled one after another read the
+    same feature rows. On 1000 real Mask R-CNN proposals it made ONNX Runtime's RoiAlign 1.33x and instaseg's
+    1.24x faster than the RPN's order (benchmarks/bench_pooling_order.py). And each level's boxes are
+    contiguous, so the pooled rows go back in place with one gather, not one scatter per level.
+
+    Args:
+        rois: `(K, 5)` rows `(image index, x1, y1, x2, y2)` in input-image pixels.
+        levels: `(K,)` int64 FPN level `k` (stride `2**k`) of each box.
+
+    Returns:
+        `(K,)` int64 permutation of the boxes.
+    """
+    centre_x = (rois[:, 1] + rois[:, 3]) / 2
+    centre_y = (rois[:, 2] + rois[:, 4]) / 2
+    band = torch.floor(centre_y / (band_cells * torch.exp2(levels.to(rois.dtype)))).clamp(0, _KEY_LIMIT - 1)
+    column = torch.floor(centre_x).clamp(0, _KEY_LIMIT - 1)
+    group = levels * num_images + rois[:, 0].to(torch.int64)
+    key = (group * _KEY_LIMIT + band.to(torch.int64)) * _KEY_LIMIT + column.to(torch.int64)
+    return torch.argsort(key)
 
 
 def _check_finite(rois: Tensor) -> None:

@@ -205,6 +205,21 @@ def test_batched_nms_only_suppresses_within_a_category(batched_op: Nms) -> None:
     assert batched_op(boxes, scores, torch.zeros(4, dtype=torch.int64), 0.5).tolist() == [1, 3]
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "pure"])
+def test_batched_nms_max_kept_keeps_the_best(kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kernel and not _extension.HAS_EXTENSION:
+        pytest.skip("instaseg._C not available")
+    monkeypatch.setattr(_extension, "HAS_EXTENSION", kernel)
+    boxes, scores = clustered(400, seed=5)
+    idxs = torch.arange(400) % 3
+    everything = batched_nms(boxes, scores, idxs, 0.5)
+    assert 10 < len(everything) < 400
+    for max_kept in (0, 1, 10, len(everything), 1000):
+        assert torch.equal(batched_nms(boxes, scores, idxs, 0.5, max_kept), everything[:max_kept])
+    with pytest.raises(ValueError, match="max_kept must be >= 0"):
+        batched_nms(boxes, scores, idxs, 0.5, -1)
+
+
 def test_batched_nms_empty(batched_op: Nms) -> None:
     keep = batched_op(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.int64

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from instaseg.ops import MultiScaleRoIAlign, _extension, assign_boxes_to_levels, roi_align
+from instaseg.ops.poolers import pooling_order
 
 NO_EXTENSION = f"instaseg._C not available: {_extension.EXTENSION_ERROR or 'not built'}"
 
@@ -131,6 +132,36 @@ def test_output_follows_box_order(use_kernel: bool):
     order = torch.tensor([2, 0, 3, 1])
     forward = pooler(features, [boxes], [IMAGE])
     torch.testing.assert_close(pooler(features, [boxes[order]], [IMAGE]), forward[order])
+
+
+def test_pooling_order_goes_by_level_image_row_band_then_x():
+    # (image, x1, y1, x2, y2); level 2 bands are 4 cells of 4 px = 16 px of centre y.
+    rois = torch.tensor(
+        [
+            [1.0, 0, 100, 10, 110],  # level 2, image 1
+            [0.0, 50, 0, 60, 10],  # level 3, image 0
+            [0.0, 30, 0, 40, 10],  # level 2, image 0, band 0, x 35
+            [0.0, 0, 40, 10, 50],  # level 2, image 0, band 2
+            [0.0, 0, 2, 10, 12],  # level 2, image 0, band 0, x 5
+        ]
+    )
+    levels = torch.tensor([2, 3, 2, 2, 2])
+    assert pooling_order(rois, levels, num_images=2).tolist() == [4, 2, 3, 0, 1]
+
+
+def test_many_boxes_on_every_level_come_back_in_their_order(use_kernel: bool):
+    generator = torch.Generator().manual_seed(0)
+    features = fpn()
+    corner = torch.rand(300, 2, generator=generator) * torch.tensor([1100.0, 700.0])
+    size = torch.rand(300, 1, generator=generator) ** 2 * 500 + 4
+    boxes = torch.cat([corner, corner + size], dim=1)
+    output = MultiScaleRoIAlign(output_size=3)(features, [boxes], [IMAGE])
+    levels = assign_boxes_to_levels(boxes, 2, 5)
+    assert set(levels.tolist()) == {2, 3, 4, 5}
+    for i in range(0, 300, 7):
+        level = int(levels[i])
+        expected = roi_align(features[str(level - 2)], [boxes[i : i + 1]], 3, 2.0**-level, 2)
+        torch.testing.assert_close(output[i : i + 1], expected)
 
 
 def test_single_level_pools_everything_from_it(use_kernel: bool):
