@@ -30,8 +30,10 @@ QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Dynamic quantization of convolutions (ConvInteger, activations quantized per call) ran ~3x slower than
 # float on ONNX Runtime's CPU kernels in a trial: "dynamic" quantizes the box head's matrix products only.
 DYNAMIC_QUANTIZED_OPS = ("MatMul", "Gemm")
-# Layers left float by static quantization, by weight name. Quantizing the EfficientNet-Lite0 body cost 8 mask
-# AP points on the nuclei validation images (depthwise and pointwise alike); FPN, RPN and heads cost < 0.3.
+# Layers left float by static quantization, by weight name. Quantizing the EfficientNet-Lite0 body as well
+# cost 3.5 mask AP points on 20 nuclei validation images and was slower on ONNX Runtime (int8 depthwise
+# kernels, and quantize/dequantize pairs around the float residual adds; 4.9 points for ~2% speed with the
+# adds quantized too); FPN, RPN and heads cost < 0.1 point (docs/benchmarks.md).
 STATIC_FLOAT_WEIGHTS = ("backbone.body.",)
 DEFAULT_CALIBRATION_IMAGES = 32
 
