@@ -29,10 +29,9 @@ from instaseg.ops.poolers import assign_boxes_to_levels, pooling_order
 
 
 def capture_box_pooler_inputs(
-    model_path: str, images: list[torch.Tensor]
+    model: torch.nn.Module, images: list[torch.Tensor]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(finest FPN map (1, C, H, W), proposals (K, 4)) that the box pooler receives for each image."""
-    model, _ = load_model(model_path)
+    """(finest FPN map (1, C, H, W), proposals (K, 4)) that `model`'s box pooler receives for each image."""
     model.eval()
     pooler = model.roi_heads.box_roi_pool
     captured = []
@@ -41,10 +40,11 @@ def capture_box_pooler_inputs(
         features, boxes, _ = args
         captured.append((features[pooler.featmap_names[0]].clone(), boxes[0].clone()))
 
-    pooler.register_forward_pre_hook(keep_inputs)
+    hook = pooler.register_forward_pre_hook(keep_inputs)
     with torch.inference_mode():
         for image in images:
             model([image])
+    hook.remove()
     return captured
 
 
@@ -101,8 +101,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     entries = json.loads(args.gt.read_text())["images"][: args.images]
     images = [to_tensor(load_image(args.gt.parent / entry["file_name"])) for entry in entries]
-    cases = capture_box_pooler_inputs(args.model, images)
     model, _ = load_model(args.model)
+    cases = capture_box_pooler_inputs(model, images)
     pooler = model.roi_heads.box_roi_pool
     size, ratio, scale = pooler.output_size[0], pooler.sampling_ratio, 0.25
     ort_run = onnx_roi_align(args.threads, size, ratio, scale)
