@@ -3,8 +3,9 @@
 `postprocess(instances, options)` applies, in this order:
 
 1. `score_threshold`: instances scoring below it are dropped;
-2. masks: when the instances carry `mask_logits` (N, 28, 28) (the model's raw mask-head output for each box),
-   masks are re-pasted from them with `paste_masks_in_image` and binarised at `mask_threshold`;
+2. masks: when the instances carry `mask_logits` (N, 28, 28) (the model's raw mask-head output for each box)
+   and `mask_threshold` is not the model's own (`MASK_THRESHOLD`, at which its masks were pasted from those
+   logits), masks are re-pasted from them with `paste_masks_in_image` and binarised at `mask_threshold`;
 3. `nms`: none, greedy ("hard"), Soft-NMS ("soft-gaussian", "soft-linear") or Matrix NMS ("matrix"), per
    class or class-agnostic; Soft/Matrix NMS lower scores, and instances whose lowered score falls below
    `score_threshold` are dropped;
@@ -28,6 +29,7 @@ import torch
 from scipy import ndimage
 
 from instaseg.inference.mask_crops import DENSE_MASK_LIMIT, MaskCrop, crops_from_masks, masks_from_crops
+from instaseg.models.transform import MASK_THRESHOLD
 from instaseg.ops import batched_nms, matrix_nms, nms, paste_masks_in_image, soft_nms
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
@@ -61,7 +63,7 @@ class PostprocessOptions:
     """
 
     score_threshold: float = 0.05
-    mask_threshold: float = 0.5
+    mask_threshold: float = MASK_THRESHOLD
     nms: str = "none"
     nms_iou_threshold: float = 0.5
     soft_nms_sigma: float = 0.5
@@ -144,9 +146,13 @@ def postprocess(instances: Instances, options: PostprocessOptions) -> Instances:
 def binarize_masks(instances: Instances, mask_threshold: float) -> Instances:
     """Masks re-pasted from the `mask_logits` field (N, M, M) and thresholded at `mask_threshold`.
 
-    Instances without that field are returned unchanged (their masks are already binary).
+    Returned unchanged: instances without that field (their masks are already binary), and instances with
+    masks when `mask_threshold` is `MASK_THRESHOLD`: a model's output (`MaskRCNN`, the ONNX backend) carries
+    masks pasted from its `mask_logits` at that threshold already, and pasting costs per instance and pixel.
     """
     if "mask_logits" not in instances.fields:
+        return instances
+    if instances.masks is not None and mask_threshold == MASK_THRESHOLD:
         return instances
     logits = instances.fields["mask_logits"]
     if logits.ndim != 3 or logits.shape[1] != logits.shape[2]:

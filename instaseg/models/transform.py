@@ -19,6 +19,8 @@ from instaseg.ops import paste_masks_in_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The model's own masks are its pasted mask probabilities above this (as torchvision's Mask R-CNN).
+MASK_THRESHOLD = 0.5
 
 
 @dataclass
@@ -126,13 +128,14 @@ class ImageTransform(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Boxes `(N, 4)` and 28x28 mask probabilities `(N, 1, 28, 28)` of one image -> original pixels.
 
-        Returns original-pixel boxes `(N, 4) x1y1x2y2` and bool masks `(N, H, W)`: probability > 0.5.
+        Returns original-pixel boxes `(N, 4) x1y1x2y2` and bool masks `(N, H, W)`: probability >
+        `MASK_THRESHOLD`.
         """
         boxes = resize_boxes(boxes, resized_size, original_size)
         if mask_probs is None:
             return boxes, None
-        pasted = paste_masks_in_image(mask_probs, boxes, original_size)
-        return boxes, pasted[:, 0] > 0.5
+        pasted = paste_masks_in_image(mask_probs, boxes, original_size, threshold=MASK_THRESHOLD)
+        return boxes, pasted[:, 0]
 
 
 def resize_target(target: Target, original_size: tuple[int, int], new_size: tuple[int, int]) -> Target:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from instaseg.inference.postprocess import PostprocessOptions, postprocess
+from instaseg.models.transform import MASK_THRESHOLD
 from instaseg.ops import paste_masks_in_image
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks, encode_rle
@@ -76,6 +77,20 @@ def test_mask_threshold_repastes_from_mask_logits():
         assert torch.equal(out.masks.bitmaps(), expected)
         areas[threshold] = int(expected.sum())
     assert areas[0.3] > areas[0.7] > 0
+
+
+def test_masks_are_kept_at_the_models_own_threshold():
+    # At MASK_THRESHOLD the model has already pasted its masks from these logits, so they are not pasted
+    # again: a mask that does not match its logits (empty here) shows which was used.
+    logits = torch.full((1, 28, 28), 4.0)
+    boxes = torch.tensor([[10.0, 10.0, 38.0, 38.0]])
+    empty = Masks.from_bitmaps(torch.zeros((1, 50, 50), dtype=torch.bool))
+    instances = Instances((50, 50), boxes, torch.tensor([1]), torch.tensor([0.9]), empty, mask_logits=logits)
+    kept = postprocess(instances, PostprocessOptions(mask_threshold=MASK_THRESHOLD))
+    assert int(kept.masks.bitmaps().sum()) == 0
+    repasted = postprocess(instances, PostprocessOptions(mask_threshold=0.4))
+    expected = paste_masks_in_image(logits.sigmoid()[:, None], boxes, (50, 50), threshold=0.4)[:, 0]
+    assert torch.equal(repasted.masks.bitmaps(), expected) and int(expected.sum()) >= 28 * 28
 
 
 def test_hard_nms_per_class_and_class_agnostic():

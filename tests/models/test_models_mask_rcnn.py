@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from instaseg.models import build
+from instaseg.models.transform import MASK_THRESHOLD
 from instaseg.ops import paste_masks_in_image
 
 
@@ -26,9 +27,10 @@ def test_batch_of_different_sizes_gives_one_instances_per_image_in_its_own_pixel
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
         logits = instances.fields["mask_logits"]
         assert logits.shape == (100, 28, 28)
-        # the bitmaps are the field's logits, as probabilities, pasted into the boxes and thresholded at 0.5
-        expected = paste_masks_in_image(logits.sigmoid()[:, None], boxes, (height, width))[:, 0] > 0.5
-        assert torch.equal(instances.masks.bitmaps(), expected)
+        # The bitmaps are the field's logits, as probabilities, pasted into the boxes and thresholded at
+        # MASK_THRESHOLD: what lets `postprocess` keep them as they are at that threshold.
+        probabilities = paste_masks_in_image(logits.sigmoid()[:, None], boxes, (height, width))[:, 0]
+        assert torch.equal(instances.masks.bitmaps(), probabilities > MASK_THRESHOLD)
 
 
 def test_no_detections_gives_empty_instances_with_the_image_size() -> None:
