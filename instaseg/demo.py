@@ -9,13 +9,13 @@ baseline on the same images, for comparison.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 from instaseg.baselines.watershed import segment_nuclei
 from instaseg.data.coco import write_coco
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.evaluation.report import evaluate, evaluate_files
+from instaseg.inference.default_model import held_out_samples_path
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.runner import OutputOptions, predict_files
@@ -36,25 +36,23 @@ def run_demo(out_dir: str | Path, model: str | Path | None = None) -> dict:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = resources.files("instaseg") / "assets" / "samples" / "dsb2018"
-    with resources.as_file(samples) as sample_root:
-        dataset = read_mask_folders(sample_root, category_name="nucleus", strict=True)
-        gt_path = out_dir / "ground_truth.json"
-        write_coco(dataset, gt_path)
-        paths = {str(dataset.image_path(image)): image.id for image in dataset.images}
-        prediction = predict_files(
-            list(paths),
-            out_dir,
-            Predictor(model, postprocess=DEMO_POSTPROCESS),
-            OutputOptions(overlay=True),
-            image_ids=paths,
-            progress=False,
-        )
-        if prediction.failures:
-            raise RuntimeError(f"the demo could not segment its own samples: {prediction.format()}")
-        baseline_results = []
-        for path, image_id in paths.items():
-            baseline_results.extend(segment_nuclei(path).to_coco_results(image_id))
+    dataset = read_mask_folders(held_out_samples_path(), category_name="nucleus", strict=True)
+    gt_path = out_dir / "ground_truth.json"
+    write_coco(dataset, gt_path)
+    paths = {str(dataset.image_path(image)): image.id for image in dataset.images}
+    prediction = predict_files(
+        list(paths),
+        out_dir,
+        Predictor(model, postprocess=DEMO_POSTPROCESS),
+        OutputOptions(overlay=True),
+        image_ids=paths,
+        progress=False,
+    )
+    if prediction.failures:
+        raise RuntimeError(f"the demo could not segment its own samples: {prediction.format()}")
+    baseline_results = []
+    for path, image_id in paths.items():
+        baseline_results.extend(segment_nuclei(path).to_coco_results(image_id))
     report = evaluate_files(
         gt_path,
         out_dir / "results.json",

@@ -2,7 +2,8 @@
 Data Science Bowl nuclei (one class, "nucleus"). Model card, training command and accuracy: docs/models.md.
 
 It ships inside the package (`instaseg/assets/models/`), so `instaseg predict image.png` and `Predictor()`
-work offline right after `pip install`.
+work offline right after `pip install`; so do three annotated nuclei images it never saw in training
+(`instaseg/assets/samples/`, see its SOURCE.md), which `instaseg demo` evaluates it on.
 """
 
 from __future__ import annotations
@@ -15,10 +16,23 @@ DEFAULT_MODEL_FILE = "nuclei_efficientnet_lite0.pt"
 
 def default_model_path() -> Path:
     """Path of the bundled checkpoint; `FileNotFoundError` if the installation lacks it."""
-    path = Path(str(resources.files("instaseg") / "assets" / "models" / DEFAULT_MODEL_FILE))
+    path = _asset("models", DEFAULT_MODEL_FILE)
     if not path.is_file():
         raise FileNotFoundError(
             f"the bundled default model is missing from this installation ({path}); reinstall instaseg "
             "or name a model with --model"
         )
     return path
+
+
+def held_out_samples_path() -> Path:
+    """Folder of the bundled held-out nuclei samples, in the DSB mask-folder layout
+    (`instaseg.data.read_mask_folders`); `FileNotFoundError` if the installation lacks it."""
+    path = _asset("samples", "dsb2018")
+    if not path.is_dir():
+        raise FileNotFoundError(f"the bundled sample images are missing from this installation ({path})")
+    return path
+
+
+def _asset(*parts: str) -> Path:
+    return Path(str(resources.files("instaseg").joinpath("assets", *parts)))

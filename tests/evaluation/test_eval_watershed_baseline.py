@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from instaseg.baselines import segment_nuclei
 from instaseg.data.coco import write_coco
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.evaluation import evaluate_coco
+from instaseg.inference.default_model import held_out_samples_path
 from instaseg.structures.masks import decode_rle
 
 SHAPE = (96, 128)
@@ -76,14 +76,13 @@ def test_blank_image_gives_no_instances() -> None:
 
 
 def test_real_bundled_samples_are_segmented_sensibly(tmp_path: Path) -> None:
-    with resources.as_file(resources.files("instaseg") / "assets" / "samples" / "dsb2018") as root:
-        dataset = read_mask_folders(root, category_name="nucleus", strict=True)
-        write_coco(dataset, tmp_path / "gt.json")
-        results = []
-        for image in dataset.images:
-            instances = segment_nuclei(dataset.image_path(image))
-            results.extend(instances.to_coco_results(image.id))
-            assert instances.image_size == (image.height, image.width)
+    dataset = read_mask_folders(held_out_samples_path(), category_name="nucleus", strict=True)
+    write_coco(dataset, tmp_path / "gt.json")
+    results = []
+    for image in dataset.images:
+        instances = segment_nuclei(dataset.image_path(image))
+        results.extend(instances.to_coco_results(image.id))
+        assert instances.image_size == (image.height, image.width)
     gt = json.loads((tmp_path / "gt.json").read_text())
     metrics = evaluate_coco(gt, results, "segm", max_dets=500)
     # A classical baseline: far from perfect, far from nothing (measured 0.46 AP50 on these three images).

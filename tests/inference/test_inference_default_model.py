@@ -4,19 +4,17 @@ without `--model`, and good at its job on bundled images it never saw in trainin
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 from instaseg.cli.main import main
 from instaseg.data.mask_folders import read_mask_folders
-from instaseg.inference.default_model import default_model_path
+from instaseg.inference.default_model import default_model_path, held_out_samples_path
 from instaseg.inference.predictor import Predictor
 from instaseg.models.build import read_weights
 
 
 def _samples():
-    root = Path(str(resources.files("instaseg") / "assets" / "samples" / "dsb2018"))
-    return read_mask_folders(root, category_name="nucleus", strict=True)
+    return read_mask_folders(held_out_samples_path(), category_name="nucleus", strict=True)
 
 
 def test_bundled_checkpoint_is_small_and_carries_its_architecture_and_classes() -> None:
