@@ -23,7 +23,6 @@ from instaseg.models.roi_heads import Detections
 from instaseg.models.transform import ImageTransform
 from instaseg.structures.instances import Instances
 
-DEFAULT_THREADS = 2
 BACKENDS = ("torch", "onnx")
 
 
@@ -31,20 +30,21 @@ class OnnxMaskRCNN(nn.Module):
     """`model(images) -> list[Instances]` like an eval-mode `MaskRCNN`, computed by ONNX Runtime on the CPU.
 
     `images`: `(3, H, W)` float tensors in [0, 1] (any device; they are read on the CPU). Each image is one
-    graph call (the exported graph takes batch size 1). `threads`: ONNX Runtime intra-op threads. Raises
+    graph call (the exported graph takes batch size 1). `threads`: ONNX Runtime intra-op threads (default:
+    `torch.get_num_threads()`, so both backends follow `torch.set_num_threads` / `OMP_NUM_THREADS`). Raises
     `OnnxModelError` (a `ValueError`) for a file that is not an instaseg export of this format version.
     Attributes: `metadata` (`ExportMetadata`), `categories` (from the metadata, or None), `num_classes`,
     `transform` (the resize, which scale TTA adjusts like MaskRCNN's).
     """
 
-    def __init__(self, path: str | Path, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
         require_onnx()
         import onnxruntime
 
         self.path = Path(path)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:

@@ -79,6 +79,19 @@ def test_metadata_round_trip(
     assert isinstance(model, OnnxMaskRCNN) and categories == lite0_categories and model.num_classes == 2
 
 
+def test_onnx_runtime_threads_follow_torch_unless_given(lite0_onnx: Path) -> None:
+    def threads(model: OnnxMaskRCNN) -> int:
+        return model.session.get_session_options().intra_op_num_threads
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert threads(OnnxMaskRCNN(lite0_onnx)) == 1
+        assert threads(OnnxMaskRCNN(lite0_onnx, threads=2)) == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_foreign_onnx_file_is_refused(tmp_path: Path) -> None:
     helper = onnx.helper
     graph = helper.make_graph(
