@@ -94,7 +94,7 @@ class RoIHeads(nn.Module):
             if targets is None:
                 raise ValueError("the RoI heads need targets in training mode")
             return [], self.losses(features, proposals, image_sizes, targets)
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_sizes))
+        box_features = self.box_roi_pool(features, proposals, image_sizes, head=self.box_head)
         class_logits, box_deltas = self.box_predictor(box_features)
         boxes, scores, labels = self.select_detections(class_logits, box_deltas, proposals, image_sizes)
         mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
@@ -176,7 +176,7 @@ class RoIHeads(nn.Module):
     ) -> dict[str, Tensor]:
         samples = self.sample_proposals(proposals, targets)
         rois = [sample.proposals for sample in samples]
-        box_features = self.box_head(self.box_roi_pool(features, rois, image_sizes))
+        box_features = self.box_roi_pool(features, rois, image_sizes, head=self.box_head)
         class_logits, box_deltas = self.box_predictor(box_features)
         losses = box_losses(
             class_logits,

@@ -164,6 +164,20 @@ def test_many_boxes_on_every_level_come_back_in_their_order(use_kernel: bool):
         torch.testing.assert_close(output[i : i + 1], expected)
 
 
+def test_a_row_wise_head_is_applied_before_the_rows_go_back_in_order(use_kernel: bool):
+    generator = torch.Generator().manual_seed(1)
+    features = fpn()
+    corner = torch.rand(80, 2, generator=generator) * torch.tensor([1100.0, 700.0])
+    boxes = torch.cat([corner, corner + torch.rand(80, 1, generator=generator) ** 2 * 500 + 4], dim=1)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 3 * 3, 5))
+    pooler = MultiScaleRoIAlign(output_size=3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pooler(features, [boxes], [IMAGE], head=head), head(pooler(features, [boxes], [IMAGE]))
+        )
+        assert pooler(features, [torch.zeros(0, 4)], [IMAGE], head=head).shape == (0, 5)
+
+
 def test_single_level_pools_everything_from_it(use_kernel: bool):
     features = fpn()
     boxes = torch.tensor([square(400, 20), square(400, 700)])
