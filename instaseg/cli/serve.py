@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from instaseg.inference.onnx_backend import BACKENDS
 from instaseg.serving.auth import add_api_key
 from instaseg.serving.config import ConfigError, serving_config
 from instaseg.serving.server import run_server
@@ -26,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch-size", type=int, help="images per model call; 1 turns batching off")
     parser.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=BACKENDS,
         help="torch (default), or onnx: checkpoints exported once to ONNX and run by ONNX Runtime (CPU)",
     )
     keys = parser.add_argument_group("API keys")

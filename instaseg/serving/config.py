@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from instaseg.engine.config_schema import ConfigError, parse_section, parse_yaml
+from instaseg.inference.onnx_backend import BACKENDS
 
 __all__ = [
     "AuthConfig",
@@ -185,8 +186,8 @@ class ServingConfig:
         for name in ("request_timeout_s", "registry_poll_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.backend not in ("torch", "onnx"):
-            raise ConfigError(f"backend must be 'torch' or 'onnx', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads must be >= 1, got {self.torch_threads}")
         if self.tile_size < 32 or not 0 <= self.tile_overlap < self.tile_size:

@@ -52,6 +52,7 @@ drift: {window: 100, min_samples: 20, psi_threshold: 0.3}
             "limits.allowed_formats must be a non-empty subset",
         ),
         ("registry: [unclosed", "not valid YAML"),
+        ("registry: r\nbackend: tensorrt", "backend must be one of torch, onnx"),
     ],
 )
 def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
