@@ -39,9 +39,13 @@ class FrozenBatchNorm2d(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """`(C,)` per-channel `scale` and `shift` with `forward(x) = x * scale + shift`."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_and_shift()
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -70,8 +74,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
             continue
         conv, norm = modules[source.target], modules[node.target]
         with torch.no_grad():
-            scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-            shift = norm.bias - norm.running_mean * scale
+            scale, shift = norm.scale_and_shift()
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
             bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
             conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
