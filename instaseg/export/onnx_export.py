@@ -28,6 +28,7 @@ from instaseg import __version__
 from instaseg.export.metadata import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES, ExportMetadata, write_metadata
 from instaseg.io.atomic import atomic_write
 from instaseg.models.build import WeightsError
+from instaseg.models.mask_head import SubpixelMaskPredictor
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.norm import fold_frozen_batchnorm
 from instaseg.models.transform import ImageBatch
@@ -138,6 +139,7 @@ def export_onnx(
         raise ExportError(f"only instaseg MaskRCNN models can be exported, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
     folded = fold_frozen_batchnorm(model.backbone) if fold_batchnorm else 0
+    model.roi_heads.mask_predictor = SubpixelMaskPredictor.from_predictor(model.roi_heads.mask_predictor)
     graph = InferenceGraph(model).eval()
     transform = model.transform
     example_size = input_size or (transform.min_size[-1], transform.min_size[-1])

@@ -64,6 +64,45 @@ class MaskRCNNPredictor(nn.Sequential):
         nn.init.zeros_(self.mask_fcn_logits.bias)
 
 
+class SubpixelMaskPredictor(nn.Module):
+    """`MaskRCNNPredictor`'s function computed by 1x1 convs only; exported graphs use it (`from_predictor`).
+
+    A 2x2 stride-2 transposed conv is a 1x1 conv to 4x the channels, one group of `dim_reduced` per output
+    sub-pixel `(dy, dx)`, followed by a pixel shuffle. Here the logits conv runs on each group first (a
+    grouped 1x1 conv), so only the `num_classes` logits are shuffled. Why: ONNX Runtime's static int8
+    quantization turns 1x1 convs into integer convolutions but has no integer transposed convolution.
+    `(K, C, 14, 14)` -> `(K, num_classes, 28, 28)`, equal to the predictor's up to float rounding.
+    """
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.subpixels = nn.Conv2d(in_channels, 4 * dim_reduced, kernel_size=1)
+        self.logits = nn.Conv2d(4 * dim_reduced, 4 * num_classes, kernel_size=1, groups=4)
+
+    @classmethod
+    def from_predictor(cls, predictor: MaskRCNNPredictor) -> SubpixelMaskPredictor:
+        """The same function as `predictor`, with its weights rearranged (the predictor is not changed)."""
+        transposed, logits = predictor.conv5_mask, predictor.mask_fcn_logits
+        in_channels, dim_reduced = transposed.weight.shape[:2]
+        subpixel = cls(in_channels, dim_reduced, logits.out_channels)
+        with torch.no_grad():
+            # Transposed conv weight (C_in, D, dy, dx) -> 1x1 conv rows in order (dy, dx, D).
+            subpixel.subpixels.weight.copy_(
+                transposed.weight.permute(2, 3, 1, 0).reshape(4 * dim_reduced, in_channels, 1, 1)
+            )
+            subpixel.subpixels.bias.copy_(transposed.bias.repeat(4))
+            subpixel.logits.weight.copy_(logits.weight.repeat(4, 1, 1, 1))
+            subpixel.logits.bias.copy_(logits.bias.repeat(4))
+        return subpixel
+
+    def forward(self, features: Tensor) -> Tensor:
+        logits = self.logits(F.relu(self.subpixels(features)))  # channels in order (dy, dx, class)
+        rois, _, height, width = logits.shape
+        shuffled = logits.reshape(rois, 2, 2, self.num_classes, height, width).permute(0, 3, 4, 1, 5, 2)
+        return shuffled.reshape(rois, self.num_classes, 2 * height, 2 * width)
+
+
 def select_class_channel(mask_logits: Tensor, labels: Tensor) -> Tensor:
     """`(K, num_classes, M, M)` logits -> `(K, M, M)`: for each RoI the channel of its own label."""
     return mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
