@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check instaseg tests benchmarks
+	$(BIN)/ruff format --check instaseg tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
@@ -28,6 +29,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check instaseg tests benchmarks
+	$(BIN)/ruff format --check instaseg tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output

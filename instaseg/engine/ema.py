@@ -1,5 +1,4 @@
-"""Exponential moving average of a model's weights, the usual trick for a smoother, often better, final model.
-"""
+"""Exponential moving average of a model's weights: a smoother, often better, final model."""
 
 from __future__ import annotations
 

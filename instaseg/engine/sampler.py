@@ -19,8 +19,7 @@ import torch
 
 
 def derive_seed(*values: int) -> int:
-    """A 63-bit seed mixed from `values` (NumPy's SeedSequence hashing: nearby inputs give unrelated seeds).
-    """
+    """A 63-bit seed mixed from `values` (NumPy SeedSequence hashing: nearby inputs, unrelated seeds)."""
     return int(np.random.SeedSequence(list(values)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 

@@ -168,7 +168,7 @@ def test_polygon_and_uncompressed_results_equal_compressed_rle() -> None:
 def test_files_name_themselves(tmp_path: Path) -> None:
     gt_path, results_path = tmp_path / "gt.json", tmp_path / "res.json"
     gt_path.write_text(json.dumps(_ground_truth()))
-    results_path.write_text("[{\"image_id\": 7,")
+    results_path.write_text('[{"image_id": 7,')
     with pytest.raises(EvaluationInputError, match=r"res\.json: not a valid JSON results file"):
         evaluate_files(gt_path, results_path)
     with pytest.raises(FileNotFoundError, match=r"results file not found: .*missing\.json"):
