@@ -130,8 +130,9 @@ def export_onnx(
 
     `dynamic`: any image size (the default); otherwise the graph takes only resized images of `input_size`
     `(h, w)` (default: `min_size` square). `fold_batchnorm` folds frozen batch norm into the convolutions
-    before tracing (the model itself is not changed). `categories`, `source` and `source_sha256` are
-    recorded in the metadata. Returns the metadata written.
+    before tracing, and the mask predictor is traced as `SubpixelMaskPredictor` (1x1 convs, which static int8
+    quantizes); both act on a copy, the model itself is not changed. `categories`, `source` and
+    `source_sha256` are recorded in the metadata. Returns the metadata written.
     """
     onnx = require_onnx()
     check_opset(opset)
