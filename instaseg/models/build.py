@@ -24,7 +24,7 @@ from instaseg.models.efficientnet_lite import (
     imagenet_weights_path,
     load_imagenet_weights,
 )
-from instaseg.models.fpn import FPN_LEVEL_NAMES, FeaturePyramidNetwork
+from instaseg.models.fpn import FPN_LEVEL_NAMES, FPN_LEVEL_STRIDES, FeaturePyramidNetwork
 from instaseg.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.norm import norm_layer
@@ -95,11 +95,12 @@ def build_model(config: MaskRCNNConfig) -> MaskRCNN:
         score_thresh=config.rpn_score_thresh,
     )
     pooled_levels = list(FPN_LEVEL_NAMES[:4])  # RoIs are pooled from P2..P5; P6 only feeds the RPN
+    pooled_scales = [1 / stride for stride in FPN_LEVEL_STRIDES[:4]]
     roi_heads = RoIHeads(
-        box_roi_pool=MultiScaleRoIAlign(pooled_levels, output_size=7, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(pooled_levels, 7, sampling_ratio=2, scales=pooled_scales),
         box_head=TwoMLPHead(config.fpn_channels * 7 * 7, config.box_head_dim),
         box_predictor=FastRCNNPredictor(config.box_head_dim, config.num_classes),
-        mask_roi_pool=MultiScaleRoIAlign(pooled_levels, output_size=14, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(pooled_levels, 14, sampling_ratio=2, scales=pooled_scales),
         mask_head=MaskRCNNHeads(config.fpn_channels, (config.mask_head_channels,) * 4),
         mask_predictor=MaskRCNNPredictor(
             config.mask_head_channels, config.mask_head_channels, config.num_classes

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 # Names of the pyramid levels, finest first, as torchvision names them (the poolers and checkpoints use them).
 FPN_LEVEL_NAMES = ("0", "1", "2", "3", "pool")
+# Input-image pixels per feature cell of each level (P2..P6), for images padded to a multiple of 32.
+FPN_LEVEL_STRIDES = (4, 8, 16, 32, 64)
 
 
 class FeaturePyramidNetwork(nn.Module):

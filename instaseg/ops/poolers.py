@@ -1,8 +1,9 @@
 """Multi-scale RoIAlign for FPN features: each box is pooled from the pyramid level that matches its size.
 
-Same rules and numbers as ``torchvision.ops.MultiScaleRoIAlign`` (Mask R-CNN's box and mask poolers): level
-scales are inferred from feature-map vs image sizes, boxes go to level ``floor(4 + log2(sqrt(area) / 224))``
-(FPN paper, eq. 1) clamped to the available levels, and pooling is ``roi_align(aligned=False)``.
+Same rules and numbers as ``torchvision.ops.MultiScaleRoIAlign`` (Mask R-CNN's box and mask poolers): boxes
+go to level ``floor(4 + log2(sqrt(area) / 224))`` (FPN paper, eq. 1) clamped to the available levels, and
+pooling is ``roi_align(aligned=False)``. Level scales are given (``scales``, as instaseg's models do) or, as
+torchvision does, inferred from feature-map vs image sizes.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class MultiScaleRoIAlign(nn.Module):
         sampling_ratio: int = 2,
         canonical_scale: int = 224,
         canonical_level: int = 4,
+        scales: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(featmap_names, str) or not featmap_names:
@@ -72,9 +74,10 @@ class MultiScaleRoIAlign(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
-        # Level scales fixed in advance (finest first), used instead of inferring them from the feature and
-        # image sizes; `instaseg.export` sets them because those sizes are symbolic in an exported graph.
-        self.scales: list[float] | None = None
+        # Feature cells per input-image pixel of each level, finest first. None: inferred per batch from the
+        # finest map's height vs the tallest image (`infer_scales`, torchvision's rule), which is wrong for an
+        # image much shorter than its batch padding (a 16-pixel strip padded to 32 rows looks like stride 2).
+        self.scales: list[float] | None = list(scales) if scales is not None else None
 
     def forward(
         self,

@@ -48,8 +48,9 @@ def test_onnx_matches_pytorch_on_real_images(
 def test_one_file_takes_any_image_size(
     lite0_onnx: Path, lite0_model: MaskRCNN, bright_images: list[torch.Tensor]
 ) -> None:
-    # crops of other aspect ratios, resized to sizes that are not multiples of 32
-    crops = [bright_images[0][:, :200, :], bright_images[1][:, :, :200]]
+    # crops of other aspect ratios, resized to sizes that are not multiples of 32; the last is a strip whose
+    # resized height (16) is half its padded height (32)
+    crops = [bright_images[0][:, :200, :], bright_images[1][:, :, :200], bright_images[2][:, :16, :256]]
     # one image per eager call: batching pads images of other sizes together, which moves their detections
     with torch.inference_mode():
         expected = [lite0_model([crop])[0] for crop in crops]

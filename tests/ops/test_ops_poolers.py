@@ -185,6 +185,23 @@ def test_single_level_pools_everything_from_it(use_kernel: bool):
     torch.testing.assert_close(output, roi_align(features["2"], [boxes], 3, 1 / 16, 2))
 
 
+def test_given_scales_hold_for_an_image_much_shorter_than_its_padding(use_kernel: bool):
+    # A 16 x 1000 image padded to 32 x 1024: P2 has 8 rows, which torchvision's rule (finest map height over
+    # image height, rounded to a power of two) reads as stride 2.
+    features = fpn(size=(32, 1024))
+    boxes = torch.tensor([[100.0, 2.0, 140.0, 14.0], [0.0, 0.0, 1000.0, 16.0]])  # levels 2 and 3
+    strip = [(16, 1000)]
+    given = MultiScaleRoIAlign(output_size=3, scales=[1 / 4, 1 / 8, 1 / 16, 1 / 32])
+    output = given(features, [boxes], strip)
+    levels = assign_boxes_to_levels(boxes, 2, 5).tolist()
+    assert levels == [2, 3]
+    for i, level in enumerate(levels):
+        expected = roi_align(features[str(level - 2)], [boxes[i : i + 1]], 3, 2.0**-level, 2)
+        torch.testing.assert_close(output[i : i + 1], expected)
+    inferred = MultiScaleRoIAlign(output_size=3)
+    assert inferred.infer_scales(features, strip) == [1 / 2, 1 / 4, 1 / 8, 1 / 16]
+
+
 def test_gradients_reach_the_levels_their_boxes_use(use_kernel: bool):
     features = {name: value.requires_grad_(True) for name, value in fpn().items()}
     boxes = torch.tensor([square(400, 60), square(400, 300)])  # levels 2 and 4
