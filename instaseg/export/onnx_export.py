@@ -88,8 +88,8 @@ class InferenceGraph(nn.Module):
     multiple of `size_divisible` here, exactly like `batch_images`, so that `h, w` stay the resized size
     that boxes are clipped to. Outputs are `MaskRCNN`'s eval-mode detections in resized-image pixels:
     `boxes (N, 4)` x1y1x2y2, `scores (N,)`, `labels (N,)` int64, `mask_logits (N, 28, 28)`. Holds the model's
-    own modules; RoI poolers built without level scales get them fixed here (inferring them needs sizes that
-    are symbolic in a traced graph), so give it a copy of the model.
+    own modules, whose RoI poolers must have fixed level scales (`MultiScaleRoIAlign(scales=...)`, as
+    `build_model` makes them): inferring scales needs sizes that are symbolic in a traced graph.
     """
 
     def __init__(self, model: MaskRCNN) -> None:
@@ -98,13 +98,11 @@ class InferenceGraph(nn.Module):
         self.rpn = model.rpn
         self.roi_heads = model.roi_heads
         self.size_divisible = model.transform.size_divisible
-        poolers = [self.roi_heads.box_roi_pool, self.roi_heads.mask_roi_pool]
-        if any(pooler.scales is None for pooler in poolers):
-            probe_side = 4 * self.size_divisible
-            with torch.no_grad():
-                features = self.backbone(torch.zeros(1, 3, probe_side, probe_side))
-            for pooler in poolers:
-                pooler.scales = pooler.infer_scales(features, [(probe_side, probe_side)])
+        if self.roi_heads.box_roi_pool.scales is None or self.roi_heads.mask_roi_pool.scales is None:
+            raise ExportError(
+                "the model's RoI poolers infer their level scales from image sizes, which a traced graph "
+                "does not know: build them with MultiScaleRoIAlign(..., scales=...)"
+            )
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         height, width = image.shape[-2], image.shape[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -130,6 +131,14 @@ def test_opset_without_roi_align_mode_is_refused(lite0_model: MaskRCNN, tmp_path
     assert not (tmp_path / "old.onnx").exists()
     args = ["export", "--model", "maskrcnn_efficientnet_lite0_fpn", "--out", str(tmp_path / "a.onnx")]
     assert main([*args, "--opset", "13"]) == 2
+
+
+def test_poolers_that_infer_their_scales_are_refused(lite0_model: MaskRCNN, tmp_path: Path) -> None:
+    model = copy.deepcopy(lite0_model)
+    model.roi_heads.mask_roi_pool.scales = None
+    with pytest.raises(ExportError, match=r"MultiScaleRoIAlign\(\.\.\., scales=\.\.\.\)"):
+        export_onnx(model, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_export_of_checkpoint_not_matching_its_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -1,3 +1,5 @@
+"""The mask predictor's 1x1-conv form used by exported graphs."""
+
 import pytest
 import torch
 
