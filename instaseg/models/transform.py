@@ -38,17 +38,13 @@ def resize_image(image: Tensor, min_size: float, max_size: float) -> Tensor:
     """Bilinear resize of `(C, H, W)`: short side to `min_size` unless the long side would pass `max_size`.
 
     The scale is computed in float32 and the output size is `floor(side * scale)`, exactly as torchvision
-    does, so that its checkpoints see the same pixels.
+    does, so that its checkpoints see the same pixels; unlike torchvision, a side never shrinks below one
+    pixel (a 1 x 2000 strip becomes 1 x 1000, not an error).
     """
     sides = torch.tensor(image.shape[-2:], dtype=torch.float32)
-    scale = torch.minimum(min_size / sides.min(), max_size / sides.max())
-    return F.interpolate(
-        image[None],
-        scale_factor=scale.item(),
-        mode="bilinear",
-        recompute_scale_factor=True,
-        align_corners=False,
-    )[0]
+    scale = torch.minimum(min_size / sides.min(), max_size / sides.max()).item()
+    size = [max(1, math.floor(side * scale)) for side in image.shape[-2:]]
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:

@@ -26,6 +26,8 @@ from instaseg.models.transform import (
         ((256, 320), (800, 1000)),
         ((500, 2000), (333, 1333)),  # long side capped at 1333: scale 1333 / 2000
         ((1600, 1000), (1280, 800)),  # downscaling works the same way
+        ((1, 2000), (1, 1333)),  # a side never shrinks to 0 (floor(1 * 0.6665) would)
+        ((3000, 2), (1332, 1)),  # the float32 scale 1333 / 3000 floors to 1332, as in torchvision
     ],
 )
 def test_resize_short_side_to_min_size_long_side_capped(
@@ -34,6 +36,16 @@ def test_resize_short_side_to_min_size_long_side_capped(
     resized = resize_image(torch.rand(3, *size), 800.0, 1333.0)
     assert tuple(resized.shape) == (3, *expected)
 
+
+@pytest.mark.parametrize("size", [(37, 53), (500, 2000), (1600, 1000), (333, 517)])
+def test_resize_gives_torchvisions_pixels(size: tuple[int, int]) -> None:
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    sides = torch.tensor(size, dtype=torch.float32)
+    scale = torch.minimum(800.0 / sides.min(), 1333.0 / sides.max()).item()
+    expected = torch.nn.functional.interpolate(
+        image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+    )[0]
+    assert torch.equal(resize_image(image, 800.0, 1333.0), expected)
 
 def test_resize_keeps_constant_images_constant() -> None:
     resized = resize_image(torch.full((3, 37, 53), 0.25), 100.0, 1000.0)
