@@ -47,6 +47,7 @@ def test_resize_gives_torchvisions_pixels(size: tuple[int, int]) -> None:
     )[0]
     assert torch.equal(resize_image(image, 800.0, 1333.0), expected)
 
+
 def test_resize_keeps_constant_images_constant() -> None:
     resized = resize_image(torch.full((3, 37, 53), 0.25), 100.0, 1000.0)
     assert resized.shape[-2] == 100
