@@ -3,7 +3,8 @@
 One worker thread per batcher owns the model calls. It blocks for a first item, then keeps collecting until
 `window_s` after that item arrived or until `max_batch_size` items are in hand, whichever is first, and calls
 `run_batch(payloads)` once. Items whose caller gave up (a cancelled future, e.g. a request that timed out)
-are skipped before the call. A failing `run_batch` fails the futures of that batch only; the worker goes on.
+are skipped before the call. When `run_batch` raises on a batch of several items, each item is run again
+alone, so that one bad input (an image the model cannot take) fails its own request only; the worker goes on.
 With `window_s = 0` the worker still takes whatever is already queued, so bursts batch without waiting.
 """
 
@@ -33,6 +34,10 @@ class BatcherClosed(RuntimeError):
 
 class QueueFull(RuntimeError):
     """More items are waiting than the batcher's `max_queue`."""
+
+
+class _WrongResultCount(RuntimeError):
+    """`run_batch` broke its contract of one result per payload."""
 
 
 @dataclass(frozen=True)
@@ -134,21 +139,39 @@ class DynamicBatcher(Generic[P, R]):
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return
-        started = time.perf_counter()
         try:
-            results = list(self._run_batch([item.payload for item in live]))
-            if len(results) != len(live):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} inputs")
-        except Exception as exc:  # the model failed on this batch: fail its requests, keep the worker alive
-            _log.exception("model call on a batch of %d failed", len(live))
+            self._call(live)
+        except _WrongResultCount as exc:  # a broken run_batch, not a bad input: no retry
+            _log.error("%s", exc)
             for item in live:
                 item.future.set_exception(exc)
-            return
+        except Exception as exc:  # the model failed on this batch: keep the worker alive
+            if len(live) == 1:
+                _log.exception("model call failed")
+                live[0].future.set_exception(exc)
+                return
+            _log.warning("model call on a batch of %d failed (%s); running each item alone", len(live), exc)
+            for item in live:
+                self._run_alone(item)
+
+    def _run_alone(self, item: _Item[P, R]) -> None:
+        try:
+            self._call([item])
+        except Exception as exc:
+            _log.exception("model call failed")
+            item.future.set_exception(exc)
+
+    def _call(self, items: list[_Item[P, R]]) -> None:
+        """One `run_batch` call; resolves the items' futures only when it succeeds."""
+        started = time.perf_counter()
+        results = list(self._run_batch([item.payload for item in items]))
+        if len(results) != len(items):
+            raise _WrongResultCount(f"run_batch returned {len(results)} results for {len(items)} inputs")
         seconds = time.perf_counter() - started
-        for item, value in zip(live, results, strict=True):
-            item.future.set_result(BatchResult(value, started - item.enqueued, seconds, len(live)))
+        for item, value in zip(items, results, strict=True):
+            item.future.set_result(BatchResult(value, started - item.enqueued, seconds, len(items)))
         if self._on_batch is not None:
             try:
-                self._on_batch(len(live), seconds)
+                self._on_batch(len(items), seconds)
             except Exception:  # a metrics failure must not stop the worker
                 _log.exception("on_batch callback failed")

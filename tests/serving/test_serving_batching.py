@@ -1,4 +1,4 @@
-"""DynamicBatcher: window and size limits, failures confined to their batch, cancellation, shutdown."""
+"""DynamicBatcher: window and size limits, failures confined to their item, cancellation, shutdown."""
 
 from __future__ import annotations
 
@@ -73,15 +73,17 @@ def test_zero_window_still_takes_what_is_already_queued() -> None:
     assert run.batches == [[0], [1, 2, 3]]
 
 
-def test_a_failing_batch_fails_only_its_items_and_the_worker_goes_on() -> None:
+def test_a_failing_batch_is_run_again_item_by_item_so_only_the_bad_item_fails() -> None:
     run = Recorder(fail_on=13)
-    batcher = DynamicBatcher(run, window_s=0.1, max_batch_size=2)
-    bad = [batcher.submit(13), batcher.submit(1)]
-    for future in bad:
-        with pytest.raises(RuntimeError, match="cannot process 13"):
-            future.result(timeout=5)
-    assert batcher.submit(5).result(timeout=5).value == 10
+    batcher = DynamicBatcher(run, window_s=0.1, max_batch_size=3)
+    bad, good, other = batcher.submit(13), batcher.submit(1), batcher.submit(2)
+    with pytest.raises(RuntimeError, match="cannot process 13"):
+        bad.result(timeout=5)
+    assert [good.result(timeout=5).value, other.result(timeout=5).value] == [2, 4]
+    assert good.result().batch_size == 1
+    assert batcher.submit(5).result(timeout=5).value == 10  # the worker goes on
     batcher.close()
+    assert run.batches == [[13, 1, 2], [13], [1], [2], [5]]
 
 
 def test_wrong_number_of_results_is_an_error_not_a_hang() -> None:
