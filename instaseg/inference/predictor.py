@@ -25,6 +25,7 @@ from instaseg.inference.tta import TTAOptions, predict_tta
 from instaseg.io.images import load_image, to_tensor
 from instaseg.models import MODEL_CONFIGS, MaskRCNNConfig, WeightsError, build
 from instaseg.models.build import read_weights
+from instaseg.models.transform import ImageTransform
 from instaseg.structures.instances import Instances
 
 ImageInput = str | Path | np.ndarray | Image.Image
@@ -104,11 +105,25 @@ class Predictor:
                 results[index] = predict_tiled(self._run_tiles, tensor, self.tiling)
             else:
                 whole.append(index)
-        for first in range(0, len(whole), self.batch_size):
-            batch = whole[first : first + self.batch_size]
+        for batch in self._batches(whole, tensors):
             for index, output in zip(batch, self._run([tensors[i] for i in batch]), strict=True):
                 results[index] = output
         return [self._finish(instances) for instances in results]
+
+    def _batches(self, indices: list[int], tensors: Sequence[torch.Tensor]) -> list[list[int]]:
+        """`indices` in batches of up to `batch_size` images that pad to the same size in the model's
+        transform, so that an image's detections do not depend on what it is batched with."""
+        transform = getattr(self.model, "transform", None)
+        groups: dict[tuple[int, int] | None, list[int]] = {}
+        for index in indices:
+            size = (int(tensors[index].shape[-2]), int(tensors[index].shape[-1]))
+            key = transform.padded_size(size) if isinstance(transform, ImageTransform) else None
+            groups.setdefault(key, []).append(index)
+        return [
+            group[first : first + self.batch_size]
+            for group in groups.values()
+            for first in range(0, len(group), self.batch_size)
+        ]
 
     def _run(self, tensors: list[torch.Tensor]) -> list[Instances]:
         """The model (or its TTA views) on a batch; CPU Instances with `mask_logits` unless fused by TTA."""

@@ -41,10 +41,15 @@ def resize_image(image: Tensor, min_size: float, max_size: float) -> Tensor:
     does, so that its checkpoints see the same pixels; unlike torchvision, a side never shrinks below one
     pixel (a 1 x 2000 strip becomes 1 x 1000, not an error).
     """
-    sides = torch.tensor(image.shape[-2:], dtype=torch.float32)
-    scale = torch.minimum(min_size / sides.min(), max_size / sides.max()).item()
-    size = [max(1, math.floor(side * scale)) for side in image.shape[-2:]]
+    size = resized_size((image.shape[-2], image.shape[-1]), min_size, max_size)
     return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def resized_size(size: tuple[int, int], min_size: float, max_size: float) -> tuple[int, int]:
+    """`(H, W)` of an image of `size (H, W)` after `resize_image`."""
+    sides = torch.tensor(size, dtype=torch.float32)
+    scale = torch.minimum(min_size / sides.min(), max_size / sides.max()).item()
+    return max(1, math.floor(size[0] * scale)), max(1, math.floor(size[1] * scale))
 
 
 def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[int, int]) -> Tensor:
@@ -92,6 +97,15 @@ class ImageTransform(nn.Module):
         self.size_divisible = size_divisible
         self.register_buffer("image_mean", torch.tensor(image_mean).reshape(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).reshape(3, 1, 1), persistent=False)
+
+    def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The `(H, W)` batch tensor an image of `size (H, W)` gets in eval mode when it is batched alone.
+
+        Images with equal padded sizes can share a batch without changing each other's results; images of
+        other sizes pad each other (zeros the network sees at their borders)."""
+        height, width = resized_size(size, float(self.min_size[-1]), float(self.max_size))
+        divisible = self.size_divisible
+        return math.ceil(height / divisible) * divisible, math.ceil(width / divisible) * divisible
 
     def _target_size(self) -> float:
         if self.training and len(self.min_size) > 1:

@@ -72,6 +72,23 @@ def test_batches_give_the_same_results(make_segmenter, make_disc_image):
         assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores)
 
 
+def test_batches_only_join_images_that_pad_to_the_same_size(tiny_model_checkpoint) -> None:
+    generator = torch.Generator().manual_seed(0)
+    # The tiny model resizes to 64 px: 64x64 pads to 64x64, 40x90 (-> 28x64) to 32x64.
+    images = [torch.rand(3, *size, generator=generator) for size in [(64, 64), (40, 90), (64, 64)]]
+    batched_predictor = Predictor(tiny_model_checkpoint, tiling=None, batch_size=3)
+    calls = []
+    batched_predictor.model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    batched = batched_predictor.predict_tensors(images)
+    assert calls == [2, 1]
+    single = Predictor(tiny_model_checkpoint, tiling=None)
+    for image, result in zip(images, batched, strict=True):
+        alone = single.predict_tensors([image])[0]
+        assert len(result) == len(alone) > 0
+        torch.testing.assert_close(result.boxes, alone.boxes)
+        torch.testing.assert_close(result.scores, alone.scores)
+
+
 def test_postprocess_options_are_applied(make_segmenter, make_disc_image):
     image = make_disc_image(60, 100, DISCS)
     assert (
