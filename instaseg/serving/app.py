@@ -15,8 +15,9 @@ Errors are JSON `{"error": {"status", "kind", "message"}}` (errors.py).
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ from instaseg import __version__
 from instaseg.serving.auth import Authenticator
 from instaseg.serving.config import ServingConfig
 from instaseg.serving.deployments import DeploymentManager
-from instaseg.serving.errors import ServiceError
+from instaseg.serving.errors import BadInput, ServiceError
 from instaseg.serving.http_inputs import merge_options, read_predict_inputs
 from instaseg.serving.limits import set_decompression_limit
 from instaseg.serving.metrics import ServingMetrics
@@ -156,6 +157,7 @@ def create_app(
     _add_error_handlers(app, metrics)
 
     async def run_prediction(request: Request, query: QueryOptions, batch: bool) -> tuple[Served, list[dict]]:
+        query.refuse_unknown(request.query_params.keys())
         inputs = await read_predict_inputs(request, config, batch=batch)
         options = merge_options(query.options(), inputs.options)
         served = service.route(inputs.model or query.model)
@@ -266,6 +268,16 @@ class QueryOptions:
         self.max_detections = max_detections
         self.mask_format = mask_format
         self.tiling = tiling
+
+    def refuse_unknown(self, names: Iterable[str]) -> None:
+        """A misspelt parameter would silently fall back to the default: refuse it, as the JSON body does."""
+        known = inspect.signature(QueryOptions).parameters
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise BadInput(
+                f"unknown query parameter {', '.join(map(repr, unknown))}; expected {', '.join(known)}",
+                "invalid_request",
+            )
 
     def options(self) -> dict[str, Any]:
         return {

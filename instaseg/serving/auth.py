@@ -165,7 +165,7 @@ class Authenticator:
         Raises `Unauthorized` (401) for a missing or unknown key and `RateLimited` (429, with the seconds to
         wait) when the key is over its limit.
         """
-        key = api_key_header
+        key = (api_key_header or "").strip() or None  # an empty X-API-Key header is no key
         if key is None and authorization is not None:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() == "bearer" and value.strip():

@@ -130,9 +130,12 @@ def read_server_path(root: str | Path | None, requested: str, source: str, limit
         raise BadInput(f"{source}: unusable path {requested!r} ({exc})", "bad_path") from None
     if not candidate.is_relative_to(base):
         raise BadInput(f"{source}: path {requested!r} is outside the allowed root", "path_outside_root")
-    if not candidate.is_file():
+    try:  # a name too long for the file system raises here, not in resolve()
+        size = candidate.stat().st_size if candidate.is_file() else None
+    except OSError as exc:
+        raise BadInput(f"{source}: unusable path {requested!r} ({exc.strerror or exc})", "bad_path") from None
+    if size is None:
         raise BadInput(f"{source}: no file {requested!r} under the allowed root", "path_not_found")
-    size = candidate.stat().st_size
     if size > limits.max_body_bytes:
         raise PayloadTooLarge(
             f"{source}: {requested!r} is {size} bytes, over {limits.max_body_bytes}", "body_too_large"

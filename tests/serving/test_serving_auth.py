@@ -47,6 +47,7 @@ def test_authenticate_with_either_header(tmp_path: Path) -> None:
     auth = Authenticator(keys_file, requests_per_minute=600, burst=10)
     assert auth.authenticate(f"Bearer {key}", None) == "scanner"
     assert auth.authenticate(None, key) == "scanner"
+    assert auth.authenticate(f"Bearer {key}", "") == "scanner"  # an empty X-API-Key does not hide the Bearer
     with pytest.raises(Unauthorized) as missing:
         auth.authenticate(None, None)
     assert missing.value.status == 401 and missing.value.kind == "missing_api_key"

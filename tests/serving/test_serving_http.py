@@ -362,6 +362,7 @@ ERROR_CASES = {
     "bad base64": ({"json": {"image": {"image_base64": "***"}}}, 400, "bad_base64"),
     "path escape": ({"json": {"image": {"path": "../secret.png"}}}, 400, "path_outside_root"),
     "missing path": ({"json": {"image": {"path": "cells/none.png"}}}, 400, "path_not_found"),
+    "path too long": ({"json": {"image": {"path": "x" * 300}}}, 400, "bad_path"),
     "bad option": (
         {"json": {"image": {"path": "cells/a.png"}, "options": {"score_threshold": 2}}},
         400,
@@ -385,6 +386,9 @@ def test_error_codes(env: Env, case: str) -> None:
 def test_query_validation_batch_limit_and_chunked_body(env: Env) -> None:
     response = env.upload(GOOD, "?mask_format=bitmap")
     assert response.status_code == 400 and "mask_format" in response.json()["error"]["message"]
+    response = env.upload(GOOD, "?score_thresh=0.99")  # misspelt: refused, not ignored
+    assert response.status_code == 400, response.text
+    assert "unknown query parameter 'score_thresh'" in response.json()["error"]["message"]
     files = [("images", (f"{i}.png", GOOD, "image/png")) for i in range(5)]
     response = env.post("/v1/predict/batch", files=files)
     assert response.status_code == 413 and response.json()["error"]["kind"] == "batch_too_large"
