@@ -6,7 +6,7 @@ from __future__ import annotations
 from instaseg.serving.config import ServingConfig
 from instaseg.serving.deployments import DeploymentManager
 from instaseg.serving.errors import NotFound
-from instaseg.serving.registry import ModelRegistry, RegistryError
+from instaseg.serving.registry import ModelRegistry
 
 __all__ = ["list_models"]
 
@@ -15,12 +15,11 @@ def list_models(
     registry: ModelRegistry, deployments: DeploymentManager, config: ServingConfig, name: str | None = None
 ) -> list[dict]:
     """`schemas.ModelOut` dicts for every registered model, or for `name` only (`NotFound` if unknown)."""
-    try:
-        names = [name] if name is not None else registry.names()
-        listed = [_model(registry, deployments, config, n) for n in names]
-    except RegistryError as exc:
-        raise NotFound(str(exc), "unknown_model") from None
-    return listed
+    registered = registry.names()
+    if name is not None and name not in registered:
+        # Not the registry's own message: that names its folder, which clients have no business knowing.
+        raise NotFound(f"no model named {name!r}; registered: {registered or 'none'}", "unknown_model")
+    return [_model(registry, deployments, config, n) for n in ([name] if name is not None else registered)]
 
 
 def _model(registry: ModelRegistry, deployments: DeploymentManager, config: ServingConfig, name: str) -> dict:

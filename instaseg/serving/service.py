@@ -140,9 +140,10 @@ class InferenceService:
             for future in futures:
                 future.cancel()
             served.model.summary.add(time.perf_counter() - started, False)
+            # The exception's text stays in the server log (the batcher logs it): it names internals.
             raise Unavailable(
-                f"model {served.model.name} v{served.model.version} failed on this request: "
-                f"{type(exc).__name__}: {exc}",
+                f"model {served.model.name} v{served.model.version} failed on this request "
+                f"({type(exc).__name__}; details in the server log)",
                 "model_error",
             ) from None
 
