@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,8 +59,10 @@ class MetricsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with 413: at once from `Content-Length`, or while streaming
-    (chunked uploads) by raising `PayloadTooLarge` from `receive`, which the app's error handler answers."""
+    """Refuses request bodies over `max_bytes` with 413 as soon as a route reads its body: before any byte
+    is read when `Content-Length` declares too much, else while streaming (chunked uploads). Either way it
+    raises `PayloadTooLarge` from `receive`, so that the app's error handler answers and the metrics count
+    it under its route and error kind like any other error."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -72,17 +73,16 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = PayloadTooLarge(
-                f"request body of {int(declared)} bytes is over the limit of {self.max_bytes}",
-                "body_too_large",
-            )
-            await _send_json(send, error.status, error.body())
-            return
+        declared_bytes = int(declared) if declared is not None and declared.isdigit() else None
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
+            if declared_bytes is not None and declared_bytes > self.max_bytes:
+                raise PayloadTooLarge(
+                    f"request body of {declared_bytes} bytes is over the limit of {self.max_bytes}",
+                    "body_too_large",
+                )
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -93,18 +93,3 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-async def _send_json(send: Send, status: int, body: dict) -> None:
-    payload = json.dumps(body).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})

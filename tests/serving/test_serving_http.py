@@ -457,6 +457,7 @@ def test_metrics_agree_with_the_requests_sent(env: Env) -> None:
         assert response.status_code == 200
         returned += len(response.json()["instances"])
     assert env.upload(b"garbage").status_code == 415
+    assert env.upload(b"\0" * 1_100_000).status_code == 413  # refused from Content-Length, nothing read
     after = env.metrics()
 
     def delta(name: str, labels: tuple) -> float:
@@ -468,6 +469,9 @@ def test_metrics_agree_with_the_requests_sent(env: Env) -> None:
     assert delta("instaseg_requests_total", (*version, *route, ("status", "415"))) == 1
     assert delta("instaseg_request_seconds_count", (*version, *route)) == 4
     assert delta("instaseg_errors_total", (("kind", "not_an_image"), *version)) == 1
+    no_version = (("model", ""), ("version", ""))  # refused before a model was chosen
+    assert delta("instaseg_requests_total", (*no_version, *route, ("status", "413"))) == 1
+    assert delta("instaseg_errors_total", (("kind", "body_too_large"), *no_version)) == 1
     assert delta("instaseg_instances_per_image_count", version) == 3
     assert delta("instaseg_instances_per_image_sum", version) == returned
     assert delta("instaseg_instance_scores_count", version) == returned
