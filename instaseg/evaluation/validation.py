@@ -71,7 +71,8 @@ def check_ground_truth(gt: Any, source: str, iou_type: str) -> None:
     Checks unique integer ids, positive image sizes, references to known images and categories, a finite
     non-negative `area`, a valid `bbox` (bbox evaluation) or a `segmentation` of the image's size (segm and
     boundary evaluation).
-    Annotation id 0 is refused: the COCO matcher uses 0 to mean "unmatched".
+    Annotation and image ids must be positive: the COCO matcher (faster-coco-eval) takes annotation ids <= 0
+    for "unmatched" (AP 0 or a crash) and fails on negative image ids.
     """
     if iou_type not in IOU_TYPES:
         raise EvaluationInputError(f"iou_type must be one of {IOU_TYPES}; got {iou_type!r}")
@@ -94,6 +95,8 @@ def check_ground_truth(gt: Any, source: str, iou_type: str) -> None:
         if not isinstance(image, Mapping) or not is_int(image.get("id")):
             raise EvaluationInputError(f"{where}: needs an integer 'id'")
         where = f"{source}: image {image['id']}"
+        if image["id"] <= 0:
+            raise EvaluationInputError(f"{where}: image ids must be positive (the COCO matcher needs them)")
         if image["id"] in sizes:
             raise EvaluationInputError(f"{where}: duplicate image id")
         height, width = image.get("height"), image.get("width")
@@ -114,9 +117,9 @@ def check_ground_truth(gt: Any, source: str, iou_type: str) -> None:
         if not isinstance(annotation, Mapping) or not is_int(annotation.get("id")):
             raise EvaluationInputError(f"{source}: annotations[{index}] needs an integer 'id'")
         where = f"{source}: annotation {annotation['id']}"
-        if annotation["id"] == 0:
+        if annotation["id"] <= 0:
             raise EvaluationInputError(
-                f"{where}: id 0 is not allowed (the COCO matcher uses 0 for 'unmatched')"
+                f"{where}: annotation ids must be positive (the COCO matcher takes ids <= 0 for 'unmatched')"
             )
         if annotation["id"] in annotation_ids:
             raise EvaluationInputError(f"{where}: duplicate annotation id")

@@ -16,6 +16,7 @@ from instaseg.data.records import (
     ImageRecord,
     ProblemLog,
     bbox_and_area,
+    compressed_run_lengths,
     image_record_to_instances,
     polygon_problem,
     rle_problem,
@@ -55,6 +56,30 @@ def test_rle_rules() -> None:
     assert "non-negative integers" in rle_problem({"size": [4, 5], "counts": [5, -2, 17]}, 4, 5)
     assert "'size' and 'counts'" in rle_problem({"counts": "abc"}, 4, 5)
     assert "non-empty string" in rle_problem({"size": [4, 5], "counts": ""}, 4, 5)
+
+
+def test_compressed_runs_are_the_masks_runs() -> None:
+    generator = np.random.default_rng(0)
+    bitmaps = generator.random((20, 23, 17)) < generator.random((20, 1, 1))  # sparse to dense masks
+    bitmaps[0] = False
+    bitmaps[1] = True
+    for bitmap, rle in zip(bitmaps, encode_rle(bitmaps), strict=True):
+        pixels = bitmap.flatten(order="F").astype(np.int8)  # COCO runs go down the columns, zeros first
+        changes = np.flatnonzero(np.diff(np.concatenate([[0], pixels, [1 - pixels[-1]]])))
+        expected = np.diff(np.concatenate([[0], changes])).tolist()
+        assert compressed_run_lengths(rle["counts"].encode()) == expected
+
+
+def test_compressed_rle_must_cover_the_image_exactly() -> None:
+    bitmap = np.zeros((1, 10, 10), dtype=bool)
+    bitmap[0, 2:5, 3:6] = True
+    small = encode_rle(bitmap)[0]["counts"]  # 100 pixels of runs, declared as 20x30 = 600
+    assert "sum to 100 pixels, not height * width = 600" in rle_problem(
+        {"size": [20, 30], "counts": small}, 20, 30
+    )
+    large = encode_rle(np.zeros((1, 40, 30), dtype=bool))[0]["counts"]
+    assert "sum to 1200" in rle_problem({"size": [20, 30], "counts": large}, 20, 30)
+    assert "malformed runs" in rle_problem({"size": [4, 5], "counts": "0o"}, 4, 5)  # ends inside a number
 
 
 def test_bbox_and_area_are_pixel_extent_and_count() -> None:
