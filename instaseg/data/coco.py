@@ -293,7 +293,9 @@ def _relative_file_name(root: Path, file_name: str, image_root: Path) -> str:
     if Path(file_name).is_absolute():
         return file_name
     absolute = os.path.abspath(root / file_name)  # abspath, not resolve: keep symlinked folders as they are
-    return Path(os.path.relpath(absolute, os.path.abspath(image_root))).as_posix()
+    # The folder the name is relative to, though, is resolved: the `..` steps of the name are taken from the
+    # real folder, so a JSON written into a symlinked folder (runs/ on another disk) still finds its images.
+    return Path(os.path.relpath(absolute, os.path.realpath(image_root))).as_posix()
 
 
 def _json_segmentation(segmentation: Any) -> Any:

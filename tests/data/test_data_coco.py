@@ -120,6 +120,14 @@ def test_writing_elsewhere_keeps_images_reachable(coco_file: Path, tmp_path: Pat
         assert os.path.samefile(dataset.image_path(before), again.image_path(after))
 
 
+def test_writing_into_a_symlinked_folder_keeps_images_reachable(coco_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "scratch" / "deep").mkdir(parents=True)
+    (tmp_path / "runs").symlink_to(tmp_path / "scratch" / "deep")  # runs/.. is scratch/, not tmp_path
+    write_coco(read_coco(coco_file), tmp_path / "runs" / "out.json")
+    again = read_coco(tmp_path / "runs" / "out.json")
+    assert again.skipped == [] and len(again.images) == 2
+
+
 def test_image_root_parameter(coco_file: Path, tmp_path: Path) -> None:
     data = _coco_dict()
     for image in data["images"]:
