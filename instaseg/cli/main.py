@@ -26,9 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"instaseg {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"instaseg {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return 2
+
+
+def _describe(error: Exception) -> str:
+    """One line for the user; for an OSError the file and the system's reason ('out.json: Is a directory')."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 if __name__ == "__main__":

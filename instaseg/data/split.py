@@ -78,6 +78,8 @@ def split(
         raise ValueError(f"the input {gt_path}, --out-train {out_train} and --out-val {out_val} must differ")
     dataset = read_coco(gt_path, strict=strict, check_images=False)
     train, val = split_dataset(dataset, val_fraction, seed)
+    for out in (out_train, out_val):  # a folder that cannot exist fails here, before either file is replaced
+        out.parent.mkdir(parents=True, exist_ok=True)
     write_coco(train, out_train)
     write_coco(val, out_val)
     return SplitSummary(

@@ -49,3 +49,16 @@ def test_split_user_errors_exit_2(gt: Path, tmp_path: Path, capsys: pytest.Captu
     assert _split(tmp_path / "missing.json", tmp_path) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "train.json").exists()
+
+
+def test_an_unwritable_val_folder_leaves_the_old_train_file_alone(
+    gt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train.json").write_text("old")
+    (tmp_path / "out" / "blocker").write_text("a file where the val folder should be")
+    args = ["split", str(gt), "--out-train", str(tmp_path / "out" / "train.json")]
+    assert main([*args, "--out-val", str(tmp_path / "out" / "blocker" / "val.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("instaseg split: error: ") and "blocker: File exists" in error
+    assert (tmp_path / "out" / "train.json").read_text() == "old"  # not half of a new pair
