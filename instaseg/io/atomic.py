@@ -8,6 +8,7 @@ Windows when both paths are on the same file system, which a temporary file in t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w'; got {mode!r}")
     path = Path(path)
+    if path.is_dir():  # else the final rename fails, naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(

@@ -59,6 +59,10 @@ def test_atomic_write_text_and_mode_check(tmp_path):
     assert target.read_text(encoding="utf-8") == "héllo"
     with pytest.raises(ValueError, match="mode must be"), atomic_write(target, "a"):
         pass
+    with pytest.raises(IsADirectoryError) as error, atomic_write(tmp_path, "w"):
+        pass
+    assert error.value.filename == str(tmp_path)  # the target, not the temporary file
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left behind
 
 
 def test_missing_truncated_and_foreign_files_are_named(tmp_path):
