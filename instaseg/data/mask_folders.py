@@ -122,7 +122,11 @@ def _read_sample(
         )
         return None, [SkipReport(str(masks_dir), record, reason)]
     masks, reports = [], []
-    for mask_path in sorted(masks_dir.glob("*.png")):
+    for mask_path in sorted(path for path in masks_dir.iterdir() if not path.name.startswith(".")):
+        if mask_path.suffix.lower() != ".png":
+            reason = "not a .png file (the layout has one PNG mask per object); skipped"
+            reports.append(SkipReport(str(mask_path), f"{record}, mask '{mask_path.name}'", reason))
+            continue
         mask, problem = read_binary_mask(mask_path, height, width)
         if mask is None:
             reports.append(SkipReport(str(mask_path), f"{record}, mask '{mask_path.stem}'", problem))

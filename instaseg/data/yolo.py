@@ -73,7 +73,7 @@ def read_yolo(
             log.report(image_path, record, f"{exc.reason}; the image is skipped")
             continue
         try:
-            lines = label_path.read_text(encoding="utf-8").splitlines() if label_path.is_file() else []
+            lines = label_path.read_text(encoding="utf-8-sig").splitlines() if label_path.is_file() else []
         except (OSError, UnicodeDecodeError) as exc:
             log.report(label_path, record, f"unreadable label file ({exc}); the image is skipped")
             continue
@@ -120,7 +120,7 @@ def read_class_names(root: str | Path) -> list[str]:
 
 def _names_from_txt(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(path, "class names", f"unreadable ({exc})") from exc
     while lines and not lines[-1].strip():
@@ -136,7 +136,7 @@ def _names_from_txt(path: Path) -> list[str]:
 
 def _names_from_yaml(path: Path) -> list[str]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise DatasetError(path, "names", f"not readable as YAML ({exc})") from exc
     names = data.get("names") if isinstance(data, dict) else None

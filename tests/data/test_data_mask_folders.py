@@ -130,6 +130,19 @@ def test_bad_masks(dsb_like: Path, case: str) -> None:
     assert [len(image.annotations) for image in dataset.images] == [2, 1]  # the other masks stay
 
 
+def test_mask_files_other_than_png_are_reported_and_upper_case_png_is_read(dsb_like: Path) -> None:
+    masks = dsb_like / "alpha" / "masks"
+    Image.fromarray(_box_mask((20, 30), slice(12, 15), slice(2, 4))).save(masks / "upper.PNG", format="PNG")
+    Image.fromarray(_box_mask((20, 30), slice(0, 2), slice(0, 2))).save(masks / "other.tif")
+    (masks / ".DS_Store").write_bytes(b"finder metadata")  # hidden files are not masks
+    dataset = read_mask_folders(dsb_like)
+    assert [len(image.annotations) for image in dataset.images] == [3, 1]
+    assert [(r.path, r.record) for r in dataset.skipped] == [
+        (str(masks / "other.tif"), "image 'alpha', mask 'other.tif'")
+    ]
+    assert "not a .png file" in dataset.skipped[0].reason
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 

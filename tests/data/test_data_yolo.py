@@ -56,6 +56,16 @@ def test_reads_polygons_in_pixels(yolo_root: Path) -> None:
     assert triangle.segmentation == [[0.0, 0.0, 10.0, 0.0, 10.0, 5.0]]
 
 
+def test_files_saved_with_a_byte_order_mark_read_like_plain_utf8(yolo_root: Path) -> None:
+    plain = read_yolo(yolo_root)
+    for path in [yolo_root / "classes.txt", yolo_root / "labels" / "train" / "a.txt"]:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows Notepad saves UTF-8
+    marked = read_yolo(yolo_root)
+    assert marked.skipped == []
+    assert [c.name for c in marked.categories] == ["cell", "blob"]
+    assert marked.images[0].annotations == plain.images[0].annotations
+
+
 def test_class_names_from_data_yaml(yolo_root: Path) -> None:
     (yolo_root / "classes.txt").unlink()
     (yolo_root / "data.yaml").write_text("path: .\nnames:\n  0: cell\n  1: blob\n")
