@@ -269,9 +269,10 @@ class QueryOptions:
         self.mask_format = mask_format
         self.tiling = tiling
 
-    def refuse_unknown(self, names: Iterable[str]) -> None:
+    @classmethod
+    def refuse_unknown(cls, names: Iterable[str]) -> None:
         """A misspelt parameter would silently fall back to the default: refuse it, as the JSON body does."""
-        known = inspect.signature(QueryOptions).parameters
+        known = inspect.signature(cls).parameters
         unknown = sorted(set(names) - set(known))
         if unknown:
             raise BadInput(
