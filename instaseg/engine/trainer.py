@@ -338,6 +338,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The saved lr is the saved schedule's; a run resumed with more iterations follows the new curve.
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr(), strict=True):
+            group["lr"] = lr
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.iteration = int(state["iteration"])

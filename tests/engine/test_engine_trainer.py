@@ -144,6 +144,19 @@ def test_resume_repeats_an_uninterrupted_run_bit_for_bit(full_run, tmp_path):
     assert [[r[k] for k in LOSS_KEYS] for r in first] == [[r[k] for k in LOSS_KEYS] for r in second]
 
 
+def test_a_run_resumed_with_more_iterations_follows_the_new_learning_rate_curve(full_run, tmp_path):
+    root, data = full_run
+    data = {**data, "output_dir": str(tmp_path / "run"), "data": {**data["data"], "val": None}}
+    train(config_from_dict(data), progress=False)  # a finished cosine run ends at lr 0
+    longer = config_from_dict({**data, "schedule": {**data["schedule"], "iterations": 2 * ITERATIONS}})
+    train(longer, resume=True, progress=False)
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    resumed = [r for r in records if r["iteration"] > ITERATIONS]
+    assert [r["iteration"] for r in resumed] == list(range(ITERATIONS + 1, 2 * ITERATIONS + 1))
+    for record in resumed:
+        assert record["lr"] == pytest.approx(0.01 * lr_factor(longer.schedule, record["iteration"] - 1))
+
+
 def test_existing_runs_are_refused_unless_resumed_or_overwritten(full_run, tmp_path):
     root, data = full_run
     data = {**data, "output_dir": str(tmp_path / "run"), "data": {**data["data"], "val": None}}
