@@ -37,6 +37,10 @@ class Evaluator:
     ):
         if not dataset.images:
             raise ValueError(f"the validation dataset under {dataset.root} has no images")
+        if not any(image.annotations for image in dataset.images):  # found now, not after training
+            raise ValueError(
+                f"the validation dataset under {dataset.root} has no annotations: AP would be undefined"
+            )
         self.dataset = dataset
         self.categories = categories
         self.ground_truth_path = ground_truth_path

@@ -46,14 +46,19 @@ class RunFiles:
     def all(self) -> tuple[Path, ...]:
         return (self.config, self.last, self.best, self.metrics, self.val_ground_truth)
 
+    def remove_run(self) -> None:
+        """Delete the run's files (only those: other files in the folder stay)."""
+        for path in self.all():
+            path.unlink(missing_ok=True)
+
 
 def prepare_run_dir(root: str | Path, resume: bool, overwrite: bool) -> RunFiles:
     """Check the folder against the resume / overwrite choice and create it; returns its file paths.
 
     - a new or empty folder (or one with no run file in it): created, ready for a fresh run;
-    - a folder holding a run: refused unless `resume` (needs `last.pt`) or `overwrite` (deletes the run's
-      files,
-      and only those: other files in the folder are left alone).
+    - a folder holding a run: refused unless `resume` (needs `last.pt`) or `overwrite`. Nothing is deleted
+      here: the caller removes the old run (`RunFiles.remove_run`) once the new one has started, so that a
+      start that fails (a wrong dataset path) leaves the old run as it was.
     """
     if resume and overwrite:
         raise ValueError("choose either resume or overwrite, not both")
@@ -73,7 +78,5 @@ def prepare_run_dir(root: str | Path, resume: bool, overwrite: bool) -> RunFiles
             f"output_dir {files.root} already holds a run ({names}); pass --resume to continue it or "
             "--overwrite to start again (or choose another output_dir)"
         )
-    for path in existing:
-        path.unlink()
     files.root.mkdir(parents=True, exist_ok=True)
     return files

@@ -167,6 +167,8 @@ class Trainer:
         # Files are written only once everything above worked: a failed start leaves no half run behind.
         self.metrics = None
         if self.files is not None:
+            if overwrite:
+                self.files.remove_run()
             save_config(config, self.files.config)
             self.metrics = MetricsLog(self.files.metrics)
             self.metrics.truncate_after(self.iteration)

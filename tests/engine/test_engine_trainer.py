@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from instaseg.data.records import DatasetError
 from instaseg.data.synthetic import make_synthetic_dataset
 from instaseg.engine.checkpoint import load_checkpoint
 from instaseg.engine.config import ConfigError, config_from_dict, load_config
@@ -176,6 +177,33 @@ def test_existing_runs_are_refused_unless_resumed_or_overwritten(full_run, tmp_p
     assert result.iteration == 1
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # overwrite removes only the run's files
     assert load_config(tmp_path / "run" / "config.yaml").optim.lr == 0.5
+
+
+def test_an_overwrite_that_fails_to_start_leaves_the_old_run(full_run, tmp_path):
+    root, data = full_run
+    data = {**data, "output_dir": str(tmp_path / "run"), "data": {**data["data"], "val": None}}
+    train(config_from_dict(data), stop_at=1, progress=False)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()}
+    typo = {**data, "data": {**data["data"], "train": {"path": str(tmp_path / "typo.json")}}}
+    with pytest.raises(DatasetError, match="no such file"):
+        train(config_from_dict(typo), overwrite=True, progress=False)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == before
+
+
+def test_a_validation_set_without_annotations_is_refused_before_training(full_run, tmp_path):
+    root, data = full_run
+    val = json.loads(Path(data["data"]["val"]["path"]).read_text())
+    val["annotations"] = []
+    empty = Path(data["data"]["val"]["path"]).parent / "no_annotations.json"
+    empty.write_text(json.dumps(val))
+    data = {
+        **data,
+        "output_dir": str(tmp_path / "run"),
+        "data": {**data["data"], "val": {"path": str(empty)}},
+    }
+    with pytest.raises(ValueError, match="has no annotations"):
+        train(config_from_dict(data), progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(full_run, tmp_path, monkeypatch):
