@@ -140,6 +140,8 @@ class LoopSection:
     eval_max_detections: int = 100
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"'seed' must be >= 0; got {self.seed}")
         for name in ("batch_size", "eval_max_detections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"'{name}' must be >= 1; got {getattr(self, name)}")

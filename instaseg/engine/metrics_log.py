@@ -43,7 +43,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics file, in order."""
+    """All records of a metrics file, in order. An unterminated, unparsable last line is the append a crash
+    cut short, and is skipped; anything else malformed raises `MetricsFileError`."""
     path = Path(path)
     records = []
     with open(path, encoding="utf-8") as stream:
@@ -53,6 +54,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
+                if not line.endswith("\n"):  # only the last line can lack its newline
+                    break
                 raise MetricsFileError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
             if not isinstance(record, dict):
                 raise MetricsFileError(

@@ -60,6 +60,7 @@ def test_defaults_overrides_and_round_trip(config_file, tmp_path):
         (["data.train.format=voc"], "'format' must be one of coco, mask-folders, label-maps, yolo"),
         (["schedule.milestones=[200]"], "'milestones' must lie in (0, iterations=100)"),
         (["train.device=tpu"], "config key 'train.device' must be one of 'auto', 'cpu', 'cuda'"),
+        (["train.seed=-1"], "'seed' must be >= 0; got -1"),
         (["optim.lr"], "override 'optim.lr' must look like section.key=value"),
         (["optim.lr.x=1"], "'optim.lr' is not a section"),
         (["data.train=null"], "config key 'data.train' must be a mapping of its options; got NoneType"),

@@ -32,3 +32,14 @@ def test_bad_lines_name_the_file_and_line(tmp_path):
     path.write_text("[1, 2]\n")
     with pytest.raises(MetricsFileError, match="line 1: expected a JSON object, got list"):
         read_metrics(path)
+
+
+def test_an_append_cut_short_by_a_crash_is_skipped(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for iteration in (1, 2):
+        log.append({"kind": "train", "iteration": iteration})
+    with open(log.path, "a", encoding="utf-8") as stream:
+        stream.write('{"kind": "train", "itera')  # no newline: the process died mid-write
+    assert [r["iteration"] for r in read_metrics(log.path)] == [1, 2]
+    log.truncate_after(2)  # what resume does
+    assert log.path.read_text().endswith('"iteration": 2}\n')
