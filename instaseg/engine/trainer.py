@@ -58,7 +58,9 @@ LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box
 
 # Config keys that may differ between a run and its resumption: they change neither the weights nor the data.
 # `schedule.iterations` may grow to train longer (the learning-rate curve then follows the new length).
+# `output_dir` is where last.pt was found, however it is spelt (`./runs/x`, an absolute path, a moved folder).
 RESUMABLE_CHANGES = (
+    "output_dir",
     "train.workers",
     "train.device",
     "train.log_period",

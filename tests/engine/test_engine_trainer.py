@@ -149,9 +149,13 @@ def test_a_run_resumed_with_more_iterations_follows_the_new_learning_rate_curve(
     root, data = full_run
     data = {**data, "output_dir": str(tmp_path / "run"), "data": {**data["data"], "val": None}}
     train(config_from_dict(data), progress=False)  # a finished cosine run ends at lr 0
-    longer = config_from_dict({**data, "schedule": {**data["schedule"], "iterations": 2 * ITERATIONS}})
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)  # a resume may name the folder differently, or find it moved
+    longer = config_from_dict(
+        {**data, "output_dir": str(moved), "schedule": {**data["schedule"], "iterations": 2 * ITERATIONS}}
+    )
     train(longer, resume=True, progress=False)
-    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    records = [r for r in read_metrics(moved / "metrics.jsonl") if r["kind"] == "train"]
     resumed = [r for r in records if r["iteration"] > ITERATIONS]
     assert [r["iteration"] for r in resumed] == list(range(ITERATIONS + 1, 2 * ITERATIONS + 1))
     for record in resumed:
