@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         # OSError: e.g. a full disk while saving; the previous checkpoint is left intact by the atomic write.
         print(f"instaseg train: error: {error}", file=sys.stderr)
         return 1
+    if not result.is_main:
+        return 0
     best = "n/a" if result.best_mask_ap is None else f"{result.best_mask_ap:.4f}"
     print(f"trained to iteration {result.iteration}; best validation mask AP {best}; run in {result.run_dir}")
     return 0

@@ -83,6 +83,7 @@ class TrainResult:
     iteration: int
     best_mask_ap: float | None
     last_eval: dict[str, float] | None
+    is_main: bool = True  # False on the other ranks of a torchrun job, which should stay quiet
 
 
 def train(
@@ -213,7 +214,9 @@ class Trainer:
                     self._save_last()
         finally:
             bar.close()
-        return TrainResult(Path(self.config.output_dir), self.iteration, self.best, self.last_eval)
+        return TrainResult(
+            Path(self.config.output_dir), self.iteration, self.best, self.last_eval, self.context.is_main
+        )
 
     def _batches(self) -> Iterator[tuple[list[torch.Tensor], list]]:
         workers = self.config.train.workers

@@ -13,6 +13,7 @@ from instaseg.cli import train as train_command
 from instaseg.data.synthetic import make_synthetic_dataset
 from instaseg.engine.config import ConfigError
 from instaseg.engine.run_dir import RunExistsError
+from instaseg.engine.trainer import TrainResult
 
 CONFIG = """\
 output_dir: {root}/run
@@ -97,3 +98,11 @@ def test_bad_overrides_and_flags(config_path, tmp_path):
     args = _cli("plot-metrics", str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match="metrics.jsonl does not exist"):
         args.func(args)
+
+
+def test_only_the_main_process_prints_the_summary(config_path, tmp_path, capsys, monkeypatch):
+    other_rank = TrainResult(tmp_path / "run", 2, None, None, is_main=False)
+    monkeypatch.setattr(train_command, "train", lambda config, **options: other_rank)
+    args = _cli("train", "--config", str(config_path), "--no-progress")
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == ""  # rank 1 would say "best validation mask AP n/a" beside rank 0
