@@ -203,7 +203,7 @@ def _write_image_outputs(
     """Write the requested per-image files; returns a failure reason, or None when all were written."""
     if not (outputs.overlay or outputs.label_maps or outputs.polygons):
         return None
-    stem = path.stem if path.stem not in used_stems else f"{path.stem}_{record['id']}"
+    stem = _unused_stem(path.stem, record["id"], used_stems)
     used_stems.add(stem)
     try:
         if outputs.overlay:
@@ -221,3 +221,11 @@ def _write_image_outputs(
     except (OutputWriteError, ValueError) as exc:
         return f"results kept, but an output file failed: {exc}"
     return None
+
+
+def _unused_stem(stem: str, image_id: int, used: set[str]) -> str:
+    """`stem`, else `stem_<id>`, else `stem_<id>_2`, ...: the first name no earlier image took (a file
+    named `a_3.png` may already own `a_3`)."""
+    candidates = [stem, f"{stem}_{image_id}"]
+    candidates += (f"{stem}_{image_id}_{n}" for n in range(2, len(used) + 3))
+    return next(candidate for candidate in candidates if candidate not in used)

@@ -164,3 +164,14 @@ def test_disk_full_while_writing(tmp_path, image_folder, make_segmenter, monkeyp
     assert all("No space left on device" in f.reason for f in summary.failures)
     assert len(read(out / "results.json")) == 3
     assert len(read(out / "images.json")["failures"]) == 2
+
+
+def test_per_image_file_names_never_collide() -> None:
+    from instaseg.inference.runner import _unused_stem
+
+    used: set[str] = set()
+    names = []
+    for stem, image_id in [("a_3", 1), ("a", 2), ("a", 3), ("a", 4)]:  # image 3's fallback a_3 is taken
+        names.append(_unused_stem(stem, image_id, used))
+        used.add(names[-1])
+    assert names == ["a_3", "a", "a_3_2", "a_4"]
