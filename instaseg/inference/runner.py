@@ -114,6 +114,7 @@ def predict_files(
     bar = tqdm(
         total=len(files), unit="img", disable=not (sys.stderr.isatty() if progress is None else progress)
     )
+    id_owners: dict[int, str] = {}
     try:
         for first in range(0, len(files), predictor.batch_size):
             batch = files[first : first + predictor.batch_size]
@@ -122,6 +123,10 @@ def predict_files(
                 image_id = _image_id(path, position[path] + 1, image_ids)
                 if error is None and image_id is None:
                     error = "file name not found in the image-id mapping (--coco-gt)"
+                elif error is None and image_id in id_owners:  # two files matched one name of --coco-gt
+                    error = f"image id {image_id} (--coco-gt) already belongs to {id_owners[image_id]}"
+                if error is None:
+                    id_owners[image_id] = str(path)
                 if error is not None:
                     summary.failures.append(InputFailure(str(path), error))
                     results.add_failure(str(path), error)

@@ -69,6 +69,20 @@ def test_image_ids_from_a_mapping(tmp_path, image_folder, make_segmenter):
     assert {r["image_id"] for r in read(tmp_path / "out" / "results.json")} == {41}
 
 
+def test_two_files_matching_one_image_id_are_not_merged(tmp_path, image_folder, make_segmenter):
+    summary = predict_files(
+        [image_folder / "two.png", image_folder / "sub" / "two.png"],  # both match "two.png" by name
+        tmp_path / "out",
+        Predictor(make_segmenter(), tiling=None),
+        image_ids={"two.png": 41},
+    )
+    assert summary.images == 1
+    (failure,) = summary.failures
+    assert failure.source.endswith("sub/two.png")
+    assert failure.reason == f"image id 41 (--coco-gt) already belongs to {image_folder / 'two.png'}"
+    assert [image["id"] for image in read(tmp_path / "out" / "images.json")["images"]] == [41]
+
+
 def test_per_image_outputs(tmp_path, image_folder, make_segmenter):
     out = tmp_path / "out"
     inputs = [image_folder / "two.png", image_folder / "sub" / "two.png", image_folder / "sub" / "one.png"]
