@@ -69,7 +69,8 @@ def crops_from_masks(masks: Masks) -> list[MaskCrop]:
     rles = masks.rles()
     crops = []
     for rle, (x1, y1, x2, y2) in zip(rles, rle_to_boxes(rles).astype(int).tolist(), strict=True):
-        crops.append(MaskCrop(y1, x1, decode_rle([rle])[0, y1:y2, x1:x2]))
+        # A copy, not a view: a view keeps the whole decoded image-size bitmap alive with each crop.
+        crops.append(MaskCrop(y1, x1, decode_rle([rle])[0, y1:y2, x1:x2].copy()))
     return crops
 
 
