@@ -8,6 +8,7 @@ every finished image.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -231,6 +232,6 @@ def _write_image_outputs(
 def _unused_stem(stem: str, image_id: int, used: set[str]) -> str:
     """`stem`, else `stem_<id>`, else `stem_<id>_2`, ...: the first name no earlier image took (a file
     named `a_3.png` may already own `a_3`)."""
-    candidates = [stem, f"{stem}_{image_id}"]
-    candidates += (f"{stem}_{image_id}_{n}" for n in range(2, len(used) + 3))
+    numbered = (f"{stem}_{image_id}_{n}" for n in itertools.count(2))
+    candidates = itertools.chain((stem, f"{stem}_{image_id}"), numbered)
     return next(candidate for candidate in candidates if candidate not in used)
