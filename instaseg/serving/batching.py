@@ -139,6 +139,9 @@ class DynamicBatcher(Generic[P, R]):
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return
+        if len(live) == 1:
+            self._run_alone(live[0])
+            return
         try:
             self._call(live)
         except _WrongResultCount as exc:  # a broken run_batch, not a bad input: no retry
@@ -146,15 +149,12 @@ class DynamicBatcher(Generic[P, R]):
             for item in live:
                 item.future.set_exception(exc)
         except Exception as exc:  # the model failed on this batch: keep the worker alive
-            if len(live) == 1:
-                _log.exception("model call failed")
-                live[0].future.set_exception(exc)
-                return
             _log.warning("model call on a batch of %d failed (%s); running each item alone", len(live), exc)
             for item in live:
                 self._run_alone(item)
 
     def _run_alone(self, item: _Item[P, R]) -> None:
+        """One item in its own call; its failure fails its future only."""
         try:
             self._call([item])
         except Exception as exc:
