@@ -64,12 +64,15 @@ def resize_boxes(boxes: Tensor, original_size: tuple[int, int], new_size: tuple[
     return boxes * ratios
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
 def batch_images(images: list[Tensor], size_divisible: int = 32) -> Tensor:
     """Zero-pad `(C, H_i, W_i)` images (bottom / right) to one size divisible by `size_divisible`."""
     height = max(image.shape[-2] for image in images)
     width = max(image.shape[-1] for image in images)
-    height = int(math.ceil(height / size_divisible) * size_divisible)
-    width = int(math.ceil(width / size_divisible) * size_divisible)
+    height, width = _round_up(height, size_divisible), _round_up(width, size_divisible)
     batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
     for index, image in enumerate(images):
         batch[index, :, : image.shape[-2], : image.shape[-1]].copy_(image)
@@ -104,8 +107,7 @@ class ImageTransform(nn.Module):
         Images with equal padded sizes can share a batch without changing each other's results; images of
         other sizes pad each other (zeros the network sees at their borders)."""
         height, width = resized_size(size, float(self.min_size[-1]), float(self.max_size))
-        divisible = self.size_divisible
-        return math.ceil(height / divisible) * divisible, math.ceil(width / divisible) * divisible
+        return _round_up(height, self.size_divisible), _round_up(width, self.size_divisible)
 
     def _target_size(self) -> float:
         if self.training and len(self.min_size) > 1:

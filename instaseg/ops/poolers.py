@@ -113,7 +113,7 @@ class MultiScaleRoIAlign(nn.Module):
             _check_finite(rois)
         if not exporting and len(rois) == 0:
             return head(first.new_empty((0, first.shape[1], *self.output_size)))
-        scales = self.scales or [_infer_scale(level, image_sizes) for level in levels]
+        scales = self.scales or self.infer_scales(features, image_sizes)
         if any(scale != scales[0] / 2**i for i, scale in enumerate(scales)):
             raise ValueError(
                 f"MultiScaleRoIAlign: feature maps {self.featmap_names} have scales {scales} for images of "
