@@ -1,0 +1,177 @@
+"""SAM's mask decoder: image embedding + prompt tokens -> 4 low-res mask logits and their predicted IoU.
+
+A two-way transformer (prompt tokens attend to the image and the image attends back, two layers, then a final
+token-to-image attention) updates the output tokens (1 IoU token, 4 mask tokens) and the image embedding;
+the embedding is upscaled x4 (two transposed convs) to `(B, 32, 256, 256)` and each mask token's hypernetwork
+MLP gives the weights of its mask. Output 0 is the single-mask answer, outputs 1..3 the multimask answers.
+Parameter names are the official checkpoints' (`mask_decoder.*`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from instaseg.models.sam.common import MLP, LayerNorm2d, MLPBlock
+
+TRANSFORMER_DIM = 256
+NUM_HEADS = 8
+MLP_DIM = 2048
+NUM_MULTIMASK_OUTPUTS = 3
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose q/k/v projections may shrink the width by `downsample_rate`.
+
+    q `(B, Nq, 256)`, k and v `(B, Nk, 256)` -> `(B, Nq, 256)`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        internal = dim // downsample_rate
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, internal)
+        self.k_proj = nn.Linear(dim, internal)
+        self.v_proj = nn.Linear(dim, internal)
+        self.out_proj = nn.Linear(internal, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, channels = x.shape
+        return x.reshape(batch, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        )
+        batch, _, tokens, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Token self-attention, token->image attention, token MLP, image->token attention (each + LayerNorm).
+
+    The first layer's self-attention runs on the tokens without their position (and without a residual).
+    """
+
+    def __init__(self, skip_first_layer_pe: bool) -> None:
+        super().__init__()
+        dim = TRANSFORMER_DIM
+        self.skip_first_layer_pe = skip_first_layer_pe
+        self.self_attn = Attention(dim, NUM_HEADS)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn_token_to_image = Attention(dim, NUM_HEADS, downsample_rate=2)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, MLP_DIM, activation=nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = Attention(dim, NUM_HEADS, downsample_rate=2)
+
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries `(B, T, 256)` tokens, keys `(B, 4096, 256)` image; `*_pe` their positions (same shapes)."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+        keys_with_pe = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys_with_pe, keys))
+        queries = self.norm3(queries + self.mlp(queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(keys_with_pe, queries + query_pe, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Two `TwoWayAttentionBlock`s and a final token->image attention.
+
+    image `(B, 256, h, w)`, image_pe `(B, 256, h, w)`, tokens `(B, T, 256)` -> tokens `(B, T, 256)` and the
+    updated image `(B, h * w, 256)`.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(TwoWayAttentionBlock(skip_first_layer_pe=i == 0) for i in range(depth))
+        self.final_attn_token_to_image = Attention(TRANSFORMER_DIM, NUM_HEADS, downsample_rate=2)
+        self.norm_final_attn = nn.LayerNorm(TRANSFORMER_DIM)
+
+    def forward(
+        self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = image.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = tokens
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, tokens, key_pe)
+        attended = self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys)
+        return self.norm_final_attn(queries + attended), keys
+
+
+class MaskDecoder(nn.Module):
+    """Image embedding + prompt embeddings -> `masks (B, C, 256, 256)` logits, `iou (B, C)`; C = 3 or 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        dim = TRANSFORMER_DIM
+        self.num_mask_tokens = NUM_MULTIMASK_OUTPUTS + 1
+        self.transformer = TwoWayTransformer()
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(dim, 256, self.num_mask_tokens, 3)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embeddings `(1 or B, 256, 64, 64)`, image_pe `(1, 256, 64, 64)`, sparse `(B, T, 256)`, dense
+        `(B, 256, 64, 64)` -> masks `(B, C, 256, 256)` logits, iou `(B, C)`; C = 3 (outputs 1..3) if
+        `multimask_output` else 1 (output 0)."""
+        masks, iou = self.predict_all(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou[:, selected]
+
+    def predict_all(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four outputs: masks `(B, 4, 256, 256)` logits, iou `(B, 4)`."""
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens[None].expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        image = (
+            image_embeddings.expand(batch, -1, -1, -1) if image_embeddings.shape[0] == 1 else image_embeddings
+        )
+        src = image + dense_prompt_embeddings
+        pos = image_pe.expand(batch, -1, -1, -1)
+        _, channels, height, width = src.shape
+        hs, src = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
+        hyper = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        _, up_channels, up_h, up_w = upscaled.shape
+        masks = (hyper @ upscaled.reshape(batch, up_channels, up_h * up_w)).reshape(batch, -1, up_h, up_w)
+        return masks, self.iou_prediction_head(iou_token_out)

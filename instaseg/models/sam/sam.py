@@ -1,0 +1,81 @@
+"""The `Sam` composition: image encoder, prompt encoder and mask decoder, with SAM's pixel normalisation.
+
+`Sam` holds no image state; `instaseg.inference.promptable.SamPredictor` caches an image's embedding and runs
+prompts against it. Constructors: `sam_vit(config)` (vit_b / vit_l / vit_h / any `ViTConfig`) and
+`mobile_sam()` (TinyViT `vit_t`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from instaseg.models.sam.mask_decoder import MaskDecoder
+from instaseg.models.sam.prompt_encoder import PromptEncoder
+from instaseg.models.sam.tiny_vit import TinyViTImageEncoder
+from instaseg.models.sam.vit_encoder import IMAGE_SIZE, ViTConfig, ViTImageEncoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+MASK_THRESHOLD = 0.0
+
+
+class Sam(nn.Module):
+    """Segment Anything; `arch` names the encoder: `vit_b`, `vit_l`, `vit_h`, `vit_t` or `vit_custom`."""
+
+    mask_threshold = MASK_THRESHOLD
+
+    def __init__(self, image_encoder: nn.Module, arch: str) -> None:
+        super().__init__()
+        self.arch = arch
+        self.image_encoder = image_encoder
+        self.prompt_encoder = PromptEncoder()
+        self.mask_decoder = MaskDecoder()
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return IMAGE_SIZE
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """Resized image `(B, 3, h, w)` float in [0, 255] -> normalised, zero-padded `(B, 3, 1024, 1024)`.
+
+        Normalise first, then pad: padded pixels are 0 after normalisation (not the mean colour).
+        """
+        x = (image - self.pixel_mean) / self.pixel_std
+        height, width = x.shape[-2:]
+        return F.pad(x, (0, IMAGE_SIZE - width, 0, IMAGE_SIZE - height))
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Resized image `(B, 3, h, w)` in [0, 255], long side 1024 -> embedding `(B, 256, 64, 64)`."""
+        return self.image_encoder(self.preprocess(image))
+
+    def decode(
+        self,
+        image_embedding: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in the 1024 input frame -> low-res logits `(B, C, 256, 256)` and predicted IoU `(B, C)`.
+
+        image_embedding `(1, 256, 64, 64)`; points `((B, N, 2) x, y, (B, N) labels 0/1)`; boxes `(B, 4)`
+        x1y1x2y2; mask_input `(B, 1, 256, 256)` logits. C = 3 with `multimask_output`, else 1.
+        """
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        return self.mask_decoder(
+            image_embedding, self.prompt_encoder.dense_pe(), sparse, dense, multimask_output
+        )
+
+
+def sam_vit(config: ViTConfig, arch: str = "vit_custom") -> Sam:
+    """SAM with a ViT encoder of `config` (e.g. `vit_encoder.VIT_B`, arch `"vit_b"`), in eval mode."""
+    return Sam(ViTImageEncoder(config), arch).eval()
+
+
+def mobile_sam() -> Sam:
+    """MobileSAM: SAM's prompt encoder and mask decoder on TinyViT-5M (`vit_t`), in eval mode."""
+    return Sam(TinyViTImageEncoder(), "vit_t").eval()

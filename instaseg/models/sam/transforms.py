@@ -1,0 +1,103 @@
+"""SAM's input geometry: resize the longest side to 1024, scale prompts alike, undo it for masks.
+
+Coordinates: pixel corners, x then y, as everywhere in instaseg; SAM's prompt encoder adds the +0.5 to reach
+pixel centres itself. The image is resized with Pillow's bilinear filter on uint8 (what the official
+`ResizeLongestSide.apply_image` does through torchvision's PIL path), so embeddings match the official ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+TARGET_LENGTH = 1024
+
+
+def resized_shape(height: int, width: int, target: int = TARGET_LENGTH) -> tuple[int, int]:
+    """(H, W) with the longest side scaled to `target`, each side rounded half up (520x696 -> 765x1024)."""
+    scale = target * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_image(image: np.ndarray, target: int = TARGET_LENGTH) -> np.ndarray:
+    """`(H, W, 3)` uint8 RGB -> `(h, w, 3)` uint8 with `(h, w) = resized_shape(H, W)` (Pillow bilinear)."""
+    new_h, new_w = resized_shape(image.shape[0], image.shape[1], target)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+
+
+def scale_coords(
+    coords: torch.Tensor, original_size: tuple[int, int], target: int = TARGET_LENGTH
+) -> torch.Tensor:
+    """`(..., 2)` (x, y) in original pixels -> the same points in the resized frame (float32).
+
+    The scale factors are computed in float64, as the official predictor does with NumPy.
+    """
+    old_h, old_w = original_size
+    new_h, new_w = resized_shape(old_h, old_w, target)
+    scale = torch.tensor([new_w / old_w, new_h / old_h], dtype=torch.float64, device=coords.device)
+    return (coords.to(torch.float64) * scale).to(torch.float32)
+
+
+def scale_boxes(
+    boxes: torch.Tensor, original_size: tuple[int, int], target: int = TARGET_LENGTH
+) -> torch.Tensor:
+    """`(N, 4)` x1y1x2y2 in original pixels -> the resized frame (float32)."""
+    return scale_coords(boxes.reshape(-1, 2, 2), original_size, target).reshape(-1, 4)
+
+
+def postprocess_masks(
+    low_res: torch.Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int = TARGET_LENGTH,
+) -> torch.Tensor:
+    """Mask logits `(B, C, 256, 256)` -> `(B, C, H, W)` logits in original pixels, in two bilinear steps.
+
+    First to the padded `image_size` square, then the padding (bottom/right of the resized `input_size`) is
+    cut off and the rest resized to `original_size`; both with `align_corners=False`, as the official model.
+    """
+    masks = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+
+def bilinear_matrix(in_size: int, out_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`(out_size, in_size)` matrix R with `R @ x` = 1-D bilinear resize of x (align_corners=False).
+
+    Written out because it lets two resize steps compose into one matrix per axis (`postprocess_matrices`),
+    which F.interpolate cannot express.
+    """
+    scale = in_size / out_size
+    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
+    low = source.floor().long().clamp(max=in_size - 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    frac = source - low
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    rows = torch.arange(out_size)
+    matrix.index_put_((rows, low), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, high), frac, accumulate=True)
+    return matrix.to(dtype)
+
+
+def postprocess_matrices(
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    low_res_size: int = 256,
+    image_size: int = TARGET_LENGTH,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`A_y (H, 256)`, `A_x (W, 256)` with `A_y @ logits @ A_x.T` = `postprocess_masks(logits)` for one mask.
+
+    The two bilinear steps (to the 1024 square, crop, to the original size) are linear per axis, so each axis
+    is one matrix: the padded area is never computed and a mask costs two matrix products.
+    """
+    height_steps = (
+        bilinear_matrix(input_size[0], original_size[0], torch.float64)
+        @ bilinear_matrix(low_res_size, image_size, torch.float64)[: input_size[0]]
+    )
+    width_steps = (
+        bilinear_matrix(input_size[1], original_size[1], torch.float64)
+        @ bilinear_matrix(low_res_size, image_size, torch.float64)[: input_size[1]]
+    )
+    return height_steps.float(), width_steps.float()
