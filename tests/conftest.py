@@ -1,7 +1,13 @@
-"""Shared test fixtures: where the repository and the shared real data live."""
+"""Shared test fixtures: where the repository and the shared real data live.
+
+Tests that need `../shared` skip, naming the path they looked for, when it is missing; with
+`INSTASEG_REQUIRE_SHARED=1` (set by `.ci/run`) such a skip is a failure instead, so that CI cannot pass
+without the data it is meant to test on.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,12 +17,34 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DSB_ROOT = SHARED / "data" / "dsb2018" / "stage1_train"
 FIXTURES = SHARED / "fixtures"
+REQUIRE_SHARED = os.environ.get("INSTASEG_REQUIRE_SHARED") == "1"
+
+
+def skip_without_shared(path: Path, what: str) -> None:
+    """Skip the calling test when `path` (under ../shared) is missing; fail with INSTASEG_REQUIRE_SHARED=1."""
+    if not path.exists():
+        message = f"{what} not found at {path}"
+        if REQUIRE_SHARED:
+            pytest.fail(f"{message} (INSTASEG_REQUIRE_SHARED=1)", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """With INSTASEG_REQUIRE_SHARED=1, a skip whose reason names a path under ../shared (test modules that
+    check their own fixture files, e.g. `reference fixture <path> not found`) is reported as a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_SHARED and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if str(SHARED) in reason:
+            report.outcome = "failed"
+            report.longrepr = f"{reason} (INSTASEG_REQUIRE_SHARED=1: ../shared is required)"
 
 
 @pytest.fixture(scope="session")
 def dsb_root() -> Path:
-    if not DSB_ROOT.is_dir():
-        pytest.skip(f"shared nuclei data not found at {DSB_ROOT}")
+    skip_without_shared(DSB_ROOT, "shared nuclei data")
     return DSB_ROOT
 
 
@@ -56,6 +84,5 @@ def tiny_model_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"shared reference fixtures not found at {FIXTURES}")
+    skip_without_shared(FIXTURES, "shared reference fixtures")
     return FIXTURES
