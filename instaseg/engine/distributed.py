@@ -82,15 +82,6 @@ def all_gather_objects(obj: Any, context: DistributedContext) -> list[Any]:
     return gathered
 
 
-def broadcast_object(obj: Any, context: DistributedContext) -> Any:
-    """Rank 0's `obj` on every process."""
-    if not context.is_distributed:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def barrier(context: DistributedContext) -> None:
     if context.is_distributed:
         dist.barrier()
