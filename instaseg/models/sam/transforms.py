@@ -24,7 +24,7 @@ def resized_shape(height: int, width: int, target: int = TARGET_LENGTH) -> tuple
 def resize_image(image: np.ndarray, target: int = TARGET_LENGTH) -> np.ndarray:
     """`(H, W, 3)` uint8 RGB -> `(h, w, 3)` uint8 with `(h, w) = resized_shape(H, W)` (Pillow bilinear)."""
     new_h, new_w = resized_shape(image.shape[0], image.shape[1], target)
-    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    return np.array(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
 
 
 def scale_coords(
