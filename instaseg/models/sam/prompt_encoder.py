@@ -110,7 +110,8 @@ class PromptEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """points `((B, N, 2), (B, N))`, boxes `(B, 4)`, masks `(B, 1, 256, 256)` logits, each optional.
 
-        Returns `sparse (B, T, 256)` (T = point tokens, then 2 box tokens) and `dense (B, 256, 64, 64)`.
+        Returns `sparse (B, T, 256)` (T = point tokens, then 2 box tokens) and `dense (B, 256, 64, 64)`, or
+        `(1, 256, 64, 64)` without masks: `no_mask_embed`, shared by every prompt.
         """
         batch = _batch_size(points, boxes, masks)
         device = self.no_mask_embed.weight.device
@@ -124,7 +125,7 @@ class PromptEncoder(nn.Module):
             dense = self.mask_downscaling(masks)
         else:
             height, width = self.image_embedding_size
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, height, width)
+            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, height, width)
         return sparse, dense
 
 
