@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instaseg.evaluation.report import evaluate_files, format_report
+from instaseg.cli.options import add_deprecated_alias
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,17 +18,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pred", required=True, type=Path, help="COCO results JSON (list of detections)")
     parser.add_argument("--iou-type", choices=("segm", "bbox"), default="segm", help="default: segm")
     parser.add_argument(
-        "--max-dets",
+        "--max-detections",
         type=int,
         default=100,
         help="detections per image that count, for every number (default 100; dense scenes need more)",
     )
+    add_deprecated_alias(parser, "--max-dets", "--max-detections", "max_detections", type=int)
     parser.add_argument(
-        "--min-score",
+        "--score-threshold",
         type=float,
         default=0.0,
-        help="score threshold for the DSB score and foreground Dice only; AP uses every detection",
+        help="score threshold for the DSB score and foreground Dice only (default 0); AP uses every "
+        "detection (predict with --score-threshold 0.05 for AP)",
     )
+    add_deprecated_alias(parser, "--min-score", "--score-threshold", "score_threshold", type=float)
     parser.add_argument(
         "--out", type=Path, help="report JSON path; PR-curve PNGs go beside it as <stem>_pr_<type>.png"
     )
@@ -36,13 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instaseg.evaluation.report import evaluate_files, format_report
+
     report = evaluate_files(
         args.gt,
         args.pred,
         iou_type=args.iou_type,
-        max_dets=args.max_dets,
+        max_dets=args.max_detections,
         out=args.out,
-        min_score=args.min_score,
+        min_score=args.score_threshold,
     )
     print(format_report(report))
     return 0

@@ -38,7 +38,7 @@ def _write_inputs(folder: Path, num_objects: int = 150) -> tuple[Path, Path]:
 def test_eval_prints_and_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gt, res = _write_inputs(tmp_path)
     out = tmp_path / "report.json"
-    code = main(["eval", "--gt", str(gt), "--pred", str(res), "--max-dets", "500", "--out", str(out)])
+    code = main(["eval", "--gt", str(gt), "--pred", str(res), "--max-detections", "500", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "AR500" in printed and "DSB score" in printed and "nucleus" in printed
@@ -47,6 +47,22 @@ def test_eval_prints_and_writes_the_report(tmp_path: Path, capsys: pytest.Captur
     assert report["coco"]["segm"]["stats"]["AR_max"] == pytest.approx(1.0)
     assert report["pixel_metrics"]["dsb_score"] == pytest.approx(1.0)
     assert (tmp_path / "report_pr_segm.png").is_file() and (tmp_path / "report_pr_boundary.png").is_file()
+
+
+def test_old_flag_spellings_still_work_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt, res = _write_inputs(tmp_path)
+    argv = ["eval", "--gt", str(gt), "--pred", str(res), "--out", str(tmp_path / "report.json")]
+    assert main([*argv, "--max-dets", "500", "--min-score", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "--max-dets is deprecated" in captured.err and "use --max-detections" in captured.err
+    assert "--min-score is deprecated" in captured.err and "use --score-threshold" in captured.err
+    assert "AR500" in captured.out
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    printed = capsys.readouterr().out
+    assert "--max-detections" in printed and "--max-dets" not in printed and "--min-score" not in printed
 
 
 def test_default_cap_of_100_misses_objects_in_a_dense_scene(
