@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instaseg.evaluation.validation import segmentation_to_rle
+from instaseg.data.coco_fields import segmentation_to_rle
 from instaseg.structures.masks import decode_rle
 
 DSB_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -103,7 +103,7 @@ def dsb_image_score(
 
 
 def _decode(segmentation: object, size: tuple[int, int], where: str) -> np.ndarray:
-    return decode_rle([segmentation_to_rle(segmentation, *size, where)])[0]
+    return decode_rle([segmentation_to_rle(segmentation, *size)])[0]
 
 
 def dsb_score(gt: Mapping, results: list[dict], min_score: float = 0.0) -> DsbScore:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from faster_coco_eval.core.mask import rleToBoundary
 
+from instaseg.data.coco_fields import segmentation_to_rle
 from instaseg.evaluation.coco_eval import Match
-from instaseg.evaluation.validation import segmentation_to_rle
 from instaseg.structures.masks import mask_iou, merge_rles, rle_area
 
 BOUNDARY_DILATION_RATIO = 0.02
@@ -62,11 +62,8 @@ def foreground_dice(gt: Mapping, results: list[dict], min_score: float = 0.0) ->
     gt_rles: dict[int, list[dict]] = {image_id: [] for image_id in sizes}
     for annotation in gt["annotations"]:
         if not annotation.get("iscrowd", 0):
-            where = f"annotation {annotation['id']}"
             size = sizes[annotation["image_id"]]
-            gt_rles[annotation["image_id"]].append(
-                segmentation_to_rle(annotation["segmentation"], *size, where)
-            )
+            gt_rles[annotation["image_id"]].append(segmentation_to_rle(annotation["segmentation"], *size))
     pred_rles: dict[int, list[dict]] = {image_id: [] for image_id in sizes}
     for record in results:
         if record["score"] >= min_score:
@@ -91,7 +88,7 @@ def mask_quality(
         if annotation.get("iscrowd", 0):
             continue
         size = sizes[annotation["image_id"]]
-        gt_rle = segmentation_to_rle(annotation["segmentation"], *size, f"annotation {match.gt_id}")
+        gt_rle = segmentation_to_rle(annotation["segmentation"], *size)
         ious.append(match.iou)
         boundary_ious.append(boundary_iou(results[match.result_index]["segmentation"], gt_rle))
     iou = np.asarray(ious, dtype=np.float64)

@@ -11,16 +11,11 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, evaluate_coco, match_detections
+from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, coco_metrics, match_detections
 from instaseg.evaluation.dsb import dsb_score
 from instaseg.evaluation.mask_quality import mask_quality
 from instaseg.evaluation.pr_curve import plot_pr_curve, pr_curve_data
-from instaseg.evaluation.validation import (
-    EvaluationInputError,
-    check_ground_truth,
-    normalize_results,
-    read_json,
-)
+from instaseg.evaluation.validation import EvaluationInputError, check_ground_truth, check_results, read_json
 from instaseg.io.atomic import atomic_write
 
 REPORT_IOU_TYPES = ("segm", "bbox")
@@ -49,9 +44,10 @@ def evaluate(
     """
     if iou_type not in REPORT_IOU_TYPES:
         raise EvaluationInputError(f"iou_type must be one of {REPORT_IOU_TYPES}; got {iou_type!r}")
-    check_ground_truth(gt, gt_source, iou_type)
-    records = normalize_results(results, gt, iou_type, results_source)
-    metrics = {iou_type: evaluate_coco(gt, records, iou_type, max_dets)}
+    checked = check_ground_truth(gt, gt_source, iou_type)
+    columns = check_results(results, checked, iou_type, results_source)
+    records = columns.records
+    metrics = {iou_type: coco_metrics(checked, columns, iou_type, max_dets)}
     report: dict = {
         "ground_truth": gt_source,
         "results": results_source,
@@ -62,7 +58,7 @@ def evaluate(
         "num_detections": len(records),
     }
     if iou_type == "segm":
-        metrics["boundary"] = evaluate_coco(gt, records, "boundary", max_dets)
+        metrics["boundary"] = coco_metrics(checked, columns, "boundary", max_dets)
         quality = mask_quality(gt, records, match_detections(gt, records, "segm", max_dets), min_score)
         dsb = dsb_score(gt, records, min_score)
         report["matched_masks"] = {

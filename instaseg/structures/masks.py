@@ -26,6 +26,7 @@ __all__ = [
     "Masks",
     "bitmap_to_polygons",
     "check_image_size",
+    "compressed_run_lengths",
     "decode_rle",
     "encode_rle",
     "mask_iou",
@@ -33,6 +34,7 @@ __all__ = [
     "normalize_index",
     "polygons_to_rle",
     "rle_area",
+    "rle_runs",
     "rle_to_boxes",
     "uncompressed_rle_to_rle",
 ]
@@ -129,6 +131,71 @@ def uncompressed_rle_to_rle(rle: dict) -> dict:
             f"uncompressed RLE counts sum to {sum(counts)}, not {height}*{width} = {height * width}"
         )
     return _from_coco(coco_mask.frPyObjects({"size": [height, width], "counts": list(counts)}, height, width))
+
+
+# COCO's compressed RLE writes each 5-bit group plus a continuation bit as one character '0'..'o' (48..111).
+RLE_FIRST_CHARACTER, RLE_END_CHARACTER = 48, 112
+
+
+def rle_runs(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run lengths of N compressed COCO RLE `counts` strings, decoded together.
+
+    Returns `(runs (R,) int64, offsets (N + 1,) int64, well_formed (N,) bool)`: the runs of string i are
+    `runs[offsets[i]:offsets[i + 1]]` (background first, alternating, column-major). A string is not
+    well formed when it holds characters outside '0'..'o', ends inside a number or has a number too long for
+    64 bits; its runs are then meaningless. Runs are not checked here (negative runs, or runs that do not sum
+    to height * width, are the caller's to refuse).
+
+    Written by hand because pycocotools and hotcoco decode counts only into masks and do not check that the
+    runs cover the image (a short RLE decodes with an uninitialised or blank tail). The format (pycocotools'
+    `rleFrString`): each run is a little-endian sequence of 5-bit groups in characters 48 + value, bit 0x20
+    meaning "more groups follow", the last group's bit 0x10 the sign; from the third run on, the value is a
+    difference to the run two places back. Vectorised over all strings, as evaluation checks 10^5-10^6 masks.
+    """
+    num = len(counts)
+    encoded = [c.encode("utf-8") if isinstance(c, str) else bytes(c) for c in counts]
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=num)
+    raw = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    char_end = np.cumsum(lengths)
+    char_start = char_end - lengths
+    group = raw.astype(np.int64) - RLE_FIRST_CHARACTER
+    bad = (raw < RLE_FIRST_CHARACTER) | (raw >= RLE_END_CHARACTER)
+    last = ((group & 0x20) == 0) | bad  # the last group of a number (garbage ends one too)
+    nonempty = lengths > 0
+    string_last = char_end[nonempty] - 1
+    unfinished = np.zeros(raw.size, dtype=bool)
+    unfinished[string_last] = ~last[string_last]
+    last[string_last] = True  # numbers never straddle two strings
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))[: ends.size]
+    digits = ends - starts + 1
+    shift = 5 * (np.arange(raw.size) - np.repeat(starts, digits))
+    long_number = shift > 55
+    values = np.zeros(ends.size, dtype=np.int64)
+    if ends.size:
+        values = np.add.reduceat((group & 0x1F) << np.minimum(shift, 55), starts)
+        negative = (group[ends] & 0x10) != 0
+        values -= negative.astype(np.int64) << np.minimum(5 * digits, 60)
+    problems = np.concatenate(([0], np.cumsum(bad | unfinished | long_number)))
+    well_formed = nonempty & (problems[char_end] == problems[char_start])
+    offsets = np.concatenate(([0], np.searchsorted(ends, char_end, side="left")))
+    # From the third run on a run is stored as a difference to the run two places back: per string, the
+    # odd runs and the even runs from index 2 on are cumulative sums of the stored values.
+    first = np.repeat(offsets[:-1], np.diff(offsets))
+    index = np.arange(values.size) - first
+    odd_sum = np.cumsum(np.where(index % 2 == 1, values, 0))
+    even_sum = np.cumsum(np.where((index % 2 == 0) & (index >= 2), values, 0))
+    odd_base = np.concatenate(([0], odd_sum))[first]
+    even_base = np.concatenate(([0], even_sum))[first]
+    runs = np.where(index == 0, values, np.where(index % 2 == 1, odd_sum - odd_base, even_sum - even_base))
+    return runs, offsets, well_formed
+
+
+def compressed_run_lengths(raw: bytes | str) -> list[int] | None:
+    """The run lengths of one compressed COCO RLE `counts` string, or None if it is not well formed (see
+    `rle_runs`, which decodes many at once)."""
+    runs, _, well_formed = rle_runs([raw])
+    return runs.tolist() if well_formed[0] else None
 
 
 def bitmap_to_polygons(bitmap: np.ndarray | torch.Tensor) -> Polygons:

@@ -1,4 +1,5 @@
-"""COCO AP via faster-coco-eval equals pycocotools' COCOeval on real nuclei data, with any detection cap."""
+"""COCO AP via hotcoco equals pycocotools' COCOeval on real nuclei data (with crowd regions, score ties,
+perturbed and duplicated detections), with any detection cap."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pycocotools.cocoeval import COCOeval as PyCOCOeval
 from instaseg.data.coco import write_coco
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.evaluation import STAT_NAMES, evaluate_coco, match_detections, normalize_results
-from instaseg.structures.masks import decode_rle, encode_rle
+from instaseg.structures.masks import decode_rle, encode_rle, merge_rles, rle_area, rle_to_boxes
 
 
 def _dsb_ground_truth(dsb_root: Path, image_ids: list[str], tmp_path: Path) -> dict:
@@ -83,14 +84,42 @@ def _pycocotools(gt: dict, results: list[dict], iou_type: str, max_dets: int) ->
     return evaluator
 
 
+def _with_crowds(gt: dict) -> dict:
+    """Every 6th nucleus marked crowd, and per image one crowd region over three more nuclei (their union)."""
+    gt = copy.deepcopy(gt)
+    for k, annotation in enumerate(gt["annotations"]):
+        annotation["iscrowd"] = int(k % 6 == 5)
+    next_id = max(a["id"] for a in gt["annotations"]) + 1
+    for image in gt["images"]:
+        members = [a for a in gt["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]][:3]
+        region = merge_rles([a["segmentation"] for a in members])
+        x1, y1, x2, y2 = rle_to_boxes([region])[0].tolist()
+        crowd = {
+            "id": next_id,
+            "image_id": image["id"],
+            "category_id": 1,
+            "segmentation": region,
+            "iscrowd": 1,
+        }
+        gt["annotations"].append(
+            crowd | {"area": int(rle_area([region])[0]), "bbox": [x1, y1, x2 - x1, y2 - y1]}
+        )
+        next_id += 1
+    return gt
+
+
 @pytest.fixture(scope="module")
 def dsb_gt(dsb_root: Path, dsb_image_ids: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     return _dsb_ground_truth(dsb_root, dsb_image_ids, tmp_path_factory.mktemp("dsb_gt"))
 
 
 @pytest.mark.parametrize("iou_type", ["segm", "bbox"])
-@pytest.mark.parametrize("max_dets", [100, 12])
-def test_equals_pycocotools_on_real_nuclei(dsb_gt: dict, iou_type: str, max_dets: int) -> None:
+@pytest.mark.parametrize("max_dets", [100, 12, 500])
+@pytest.mark.parametrize("crowds", [False, True])
+def test_equals_pycocotools_on_real_nuclei(dsb_gt: dict, iou_type: str, max_dets: int, crowds: bool) -> None:
+    if crowds:
+        dsb_gt = _with_crowds(dsb_gt)
+        assert sum(a["iscrowd"] for a in dsb_gt["annotations"]) > len(dsb_gt["images"])
     results = _perturbed_results(dsb_gt, seed=max_dets)
     if iou_type == "bbox":
         results = normalize_results(results, dsb_gt, "segm", "results")
