@@ -42,10 +42,10 @@ from instaseg.evaluation import evaluate_coco
 from instaseg.export import export_model
 from instaseg.export.parity import compare_instances
 from instaseg.export.quantize import quantize_onnx
-from instaseg.inference.onnx_backend import OnnxMaskRCNN
-from instaseg.inference.predictor import load_model
 from instaseg.io.images import load_image, to_tensor
+from instaseg.models.loading import load_model
 from instaseg.models.norm import fold_frozen_batchnorm
+from instaseg.models.onnx_runtime import OnnxMaskRCNN
 from instaseg.structures.instances import Instances
 
 Runner = Callable[[torch.Tensor], Instances]
@@ -68,7 +68,7 @@ def onnx_runner(path: Path, threads: int) -> Runner:
 def build_variants(
     model_path: str, folder: Path, calibration: list[Path], threads: int, bf16: bool
 ) -> dict[str, Runner]:
-    model, _ = load_model(model_path)
+    model = load_model(model_path)
     folded = copy.deepcopy(model)
     fold_frozen_batchnorm(folded.backbone.body)
     variants: dict[str, Runner] = {

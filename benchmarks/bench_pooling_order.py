@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instaseg.inference.predictor import load_model
 from instaseg.io.images import load_image, to_tensor
+from instaseg.models.loading import load_model
 from instaseg.ops import roi_align
 from instaseg.ops.poolers import assign_boxes_to_levels, pooling_order
 
@@ -101,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     entries = json.loads(args.gt.read_text())["images"][: args.images]
     images = [to_tensor(load_image(args.gt.parent / entry["file_name"])) for entry in entries]
-    model, _ = load_model(args.model)
+    model = load_model(args.model)
     cases = capture_box_pooler_inputs(model, images)
     pooler = model.roi_heads.box_roi_pool
     size, ratio, scale = pooler.output_size[0], pooler.sampling_ratio, 0.25

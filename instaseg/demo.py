@@ -15,10 +15,10 @@ from instaseg.baselines.watershed import segment_nuclei
 from instaseg.data.coco import write_coco
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.evaluation.report import evaluate, evaluate_files
-from instaseg.inference.default_model import held_out_samples_path
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.runner import OutputOptions, predict_files
+from instaseg.models.default_model import held_out_samples_path
 
 DEMO_MAX_DETS = 500  # nuclei images are dense; COCO's default of 100 would cap recall
 # The operating point chosen on training images for counting nuclei (docs/models.md): detections scoring at

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from instaseg.inference.command import run_predict
-from instaseg.inference.onnx_backend import BACKENDS
+from instaseg.export.onnx_export import BACKENDS
 from instaseg.inference.postprocess import NMS_KINDS, PostprocessOptions
 from instaseg.inference.runner import OutputOptions
 from instaseg.inference.tiling import TilingOptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instaseg.inference.onnx_backend import BACKENDS
+from instaseg.export.onnx_export import BACKENDS
 from instaseg.serving.auth import add_api_key
 from instaseg.serving.config import ConfigError, serving_config
 from instaseg.serving.server import run_server

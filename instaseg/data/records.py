@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instaseg.io.images import load_image, read_image_size
+from instaseg.io.images import IMAGE_SUFFIXES, load_image, read_image_size
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks, polygons_to_rle, rle_area, rle_to_boxes, uncompressed_rle_to_rle
 
@@ -52,7 +52,6 @@ __all__ = [
 POLYGON_TOLERANCE_PX = 1.0
 
 # File name endings that folder readers take for images (compared in lower case); other files are not images.
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 # COCO's compressed RLE writes each 5-bit group plus a continuation bit as one character '0'..'o' (48..111).
 # pycocotools parses any string without checking, and garbage gives run lengths that change from run to run.
 _RLE_CHARACTERS = bytes(range(48, 112))

@@ -1,13 +1,12 @@
-"""Training checkpoints: one `torch.save`d dict per file, written atomically, plus the RNG states to resume
-exactly.
+"""Training checkpoints: a model file (`instaseg.models.model_file.ModelFile`) plus the state to resume
+exactly, in one `torch.save`d dict per file, written atomically.
 
-A training checkpoint holds `config` (the model's `MaskRCNNConfig.to_dict()`) and `model` (its state dict),
-the layout `instaseg.models.build(path)` reads, so a checkpoint is also a model file; and for resuming:
-`categories` (the dataset categories behind model classes 1..K, as `{"id", "name"}` dicts), `train_config`
-(the resolved training config as plain data), `optimizer`, `scheduler`, `ema` (or None), `iteration`
-(optimiser steps done), `rng` (Python, NumPy and torch generator states) and `best` (the best validation mask
-AP so far, or None). Everything in it is tensors and plain data, so it loads with `torch.load(...,
-weights_only=True)`.
+Beside the model-file keys (architecture, weights, categories, operating point, provenance), a checkpoint
+holds `TRAINING_KEYS`: `train_config` (the resolved training config as plain data), `optimizer`,
+`scheduler`, `ema` (or None), `iteration` (optimiser steps done), `rng` (Python, NumPy and torch generator
+states) and `best` (the best validation mask AP so far, or None). So `last.pt` loads like any model file
+(`instaseg.models.load_model`), and everything in it is tensors and plain data (`torch.load(...,
+weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -19,21 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from instaseg.io.atomic import atomic_write
-from instaseg.models.build import WeightsError, read_weights
+from instaseg.models.model_file import ModelFile, WeightsError, read_weights
 
-CHECKPOINT_KEYS = (
-    "config",
-    "model",
-    "categories",
-    "train_config",
-    "optimizer",
-    "scheduler",
-    "ema",
-    "iteration",
-    "rng",
-    "best",
-)
+TRAINING_KEYS = ("train_config", "optimizer", "scheduler", "ema", "iteration", "rng", "best")
 
 
 class CheckpointError(ValueError):
@@ -44,23 +31,19 @@ class CheckpointWriteError(OSError):
     """Writing a checkpoint failed (a full disk, say); the file it would have replaced is unchanged."""
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: an interrupted or failed write (full disk) leaves the old file
-    valid."""
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+def save_checkpoint(path: str | Path, model_file: ModelFile, training: dict[str, Any]) -> None:
+    """Write `model_file` with the `TRAINING_KEYS` of `training` to `path` atomically: an interrupted or
+    failed write (full disk) leaves the old file valid."""
+    missing = [key for key in TRAINING_KEYS if key not in training]
     if missing:
         raise ValueError(f"checkpoint state for {path} lacks {', '.join(missing)}")
-    save_model_file(path, state)
+    save_model_file(path, model_file, **training)
 
 
-def save_model_file(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a model file atomically: at least `config` (the model config dict) and `model` (the state dict),
-    which is what `instaseg.models.build(path)` loads; other keys (categories, metrics) ride along."""
-    if "config" not in state or "model" not in state:
-        raise ValueError(f"model file {path} needs 'config' and 'model'")
+def save_model_file(path: str | Path, model_file: ModelFile, **extra: Any) -> None:
+    """`model_file.save(path, **extra)`, with a failed write reported as `CheckpointWriteError`."""
     try:
-        with atomic_write(path, "wb") as stream:
-            torch.save(state, stream)
+        model_file.save(path, **extra)
     except OSError as exc:
         raise CheckpointWriteError(
             exc.errno,
@@ -69,17 +52,23 @@ def save_model_file(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` onto the CPU."""
+    """Read a checkpoint written by `save_checkpoint` onto the CPU: model-file keys and `TRAINING_KEYS`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = read_weights(path)
+        ModelFile.from_dict(state, str(path))
     except WeightsError as exc:
+        message = str(exc)
+        if "not an instaseg model file" in message:
+            raise CheckpointError(
+                f"{path} is not an instaseg training checkpoint (expected a model file with {TRAINING_KEYS})"
+            ) from None
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
-    if any(key not in state for key in CHECKPOINT_KEYS):
+    if any(key not in state for key in TRAINING_KEYS):
         raise CheckpointError(
-            f"{path} is not an instaseg training checkpoint (expected keys {CHECKPOINT_KEYS})"
+            f"{path} is not an instaseg training checkpoint (expected a model file with {TRAINING_KEYS})"
         )
     return state
 

@@ -68,7 +68,7 @@ class ModelSection:
 
     def model_config(self, num_classes: int | None) -> MaskRCNNConfig:
         """The architecture; `num_classes` fills in `settings.num_classes` when that is absent."""
-        base, _ = resolve_config(self.name)
+        base = resolve_config(self.name)
         settings = dict(self.settings)
         if num_classes is not None:
             settings.setdefault("num_classes", num_classes)

@@ -52,7 +52,7 @@ from instaseg.engine.optim import build_optimizer
 from instaseg.engine.run_dir import prepare_run_dir
 from instaseg.engine.sampler import TrainingBatchSampler, derive_seed
 from instaseg.engine.schedule import WarmupSchedule
-from instaseg.models.build import build, load_backbone_weights
+from instaseg.models.build import build, load_backbone_weights, model_file_for
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -139,6 +139,7 @@ class Trainer:
             )
         torch.manual_seed(derive_seed(loop.seed))  # the initial weights follow the seed like every other draw
         self.model = build(self.model_config, weights=config.model.weights)
+        self.model.categories = self.category_records
         if config.model.backbone_weights is not None:
             load_backbone_weights(self.model, config.model.backbone_weights)
         self.model = self.model.to(context.device).train()
@@ -306,16 +307,7 @@ class Trainer:
         improved = self.best is None or mask_ap > self.best
         if improved:
             self.best = mask_ap
-            save_model_file(
-                self.files.best,
-                {
-                    "config": self.model_config.to_dict(),
-                    "model": evaluated.state_dict(),
-                    "categories": self.category_records,
-                    "iteration": self.iteration,
-                    "metrics": metrics,
-                },
-            )
+            save_model_file(self.files.best, model_file_for(evaluated, self._provenance(metrics)))
         self.metrics.append(
             {"kind": "eval", "iteration": self.iteration, "time": time.time(), **metrics, "best": improved}
         )
@@ -325,10 +317,8 @@ class Trainer:
             return
         save_checkpoint(
             self.files.last,
+            model_file_for(self.model, self._provenance(self.last_eval)),
             {
-                "config": self.model_config.to_dict(),
-                "model": self.model.state_dict(),
-                "categories": self.category_records,
                 "train_config": self.config.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -338,6 +328,18 @@ class Trainer:
                 "best": self.best,
             },
         )
+
+    def _provenance(self, metrics: dict[str, float] | None) -> dict[str, Any]:
+        """Where the weights come from: data, recipe, iteration and validation metrics (model files)."""
+        return {
+            "data": {
+                "train": self.config.data.train.path,
+                "val": self.config.data.val.path if self.config.data.val else None,
+            },
+            "recipe": self.config.to_dict(),
+            "iteration": self.iteration,
+            "metrics": metrics,
+        }
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path)

@@ -12,12 +12,10 @@ docs/deployment.md for the reasons.
 from __future__ import annotations
 
 import copy
-import importlib
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -25,21 +23,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instaseg import __version__
-from instaseg.export.metadata import FORMAT_VERSION, INPUT_NAMES, OUTPUT_NAMES, ExportMetadata, write_metadata
 from instaseg.io.atomic import atomic_write
-from instaseg.models.build import WeightsError
+from instaseg.io.files import file_sha256
+from instaseg.models.default_model import default_model_path
+from instaseg.models.loading import load_model
 from instaseg.models.mask_head import SubpixelMaskPredictor
 from instaseg.models.mask_rcnn import MaskRCNN
+from instaseg.models.model_file import WeightsError
 from instaseg.models.norm import fold_frozen_batchnorm
+from instaseg.models.onnx_metadata import (
+    FORMAT_VERSION,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    ExportError,
+    ExportMetadata,
+    require_onnx,
+    write_metadata,
+)
 from instaseg.models.transform import ImageBatch
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_OPSET",
     "MIN_OPSET",
     "ExportError",
     "InferenceGraph",
     "export_model",
     "export_onnx",
+    "model_source_for_backend",
     "onnx_cache_dir",
     "onnx_model_file",
     "require_onnx",
@@ -50,24 +61,9 @@ __all__ = [
 DEFAULT_OPSET = 18
 MIN_OPSET = 16
 MAX_OPSET = 21
+# Where a model runs: eager PyTorch, or its exported graph on ONNX Runtime.
+BACKENDS = ("torch", "onnx")
 _log = logging.getLogger(__name__)
-
-
-class ExportError(ValueError):
-    """The model cannot be exported as asked (bad opset, missing onnx packages, a failed trace)."""
-
-
-def require_onnx() -> ModuleType:
-    """The `onnx` module, or an `ExportError` saying how to install the ONNX extra."""
-    try:
-        for name in ("onnxscript", "onnxruntime"):
-            importlib.import_module(name)
-        return importlib.import_module("onnx")
-    except ImportError as error:
-        raise ExportError(
-            f"ONNX export and the ONNX Runtime backend need onnx, onnxscript and onnxruntime ({error}): "
-            "pip install 'instaseg[onnx]'"
-        ) from None
 
 
 def check_opset(opset: int) -> None:
@@ -94,11 +90,10 @@ class InferenceGraph(nn.Module):
 
     def __init__(self, model: MaskRCNN) -> None:
         super().__init__()
-        self.backbone = model.backbone
-        self.rpn = model.rpn
-        self.roi_heads = model.roi_heads
+        self.model = model
         self.size_divisible = model.transform.size_divisible
-        if self.roi_heads.box_roi_pool.scales is None or self.roi_heads.mask_roi_pool.scales is None:
+        roi_heads = model.roi_heads
+        if roi_heads.box_roi_pool.scales is None or roi_heads.mask_roi_pool.scales is None:
             raise ExportError(
                 "the model's RoI poolers infer their level scales from image sizes, which a traced graph "
                 "does not know: build them with MultiScaleRoIAlign(..., scales=...)"
@@ -107,10 +102,7 @@ class InferenceGraph(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         height, width = image.shape[-2], image.shape[-1]
         padded = F.pad(image, (0, (-width) % self.size_divisible, 0, (-height) % self.size_divisible))
-        features = self.backbone(padded)
-        batch = ImageBatch(padded, [(height, width)])
-        proposals, _ = self.rpn(batch, features)
-        (detections,), _ = self.roi_heads(features, proposals, batch.image_sizes)
+        (detections,) = self.model.detect_batch(ImageBatch(padded, [(height, width)]))
         return detections.boxes, detections.scores, detections.labels, detections.mask_logits
 
 
@@ -131,13 +123,15 @@ def export_onnx(
     `dynamic`: any image size (the default); otherwise the graph takes only resized images of `input_size`
     `(h, w)` (default: `min_size` square). `fold_batchnorm` folds frozen batch norm into the convolutions
     before tracing, and the mask predictor is traced as `SubpixelMaskPredictor` (1x1 convs, which static int8
-    quantizes); both act on a copy, the model itself is not changed. `categories`, `source` and
-    `source_sha256` are recorded in the metadata. Returns the metadata written.
+    quantizes); both act on a copy, the model itself is not changed. `categories` (default: the model's),
+    the model's operating point, `source` and `source_sha256` are recorded in the metadata. Returns the
+    metadata written.
     """
     onnx = require_onnx()
     check_opset(opset)
     if not isinstance(model, MaskRCNN):
         raise ExportError(f"only instaseg MaskRCNN models can be exported, got {type(model).__name__}")
+    categories = model.categories if categories is None else categories
     model = copy.deepcopy(model).eval()
     folded = fold_frozen_batchnorm(model.backbone) if fold_batchnorm else 0
     model.roi_heads.mask_predictor = SubpixelMaskPredictor.from_predictor(model.roi_heads.mask_predictor)
@@ -183,6 +177,7 @@ def export_onnx(
         max_image_pixels=int(model.max_image_pixels),
         opset=opset,
         categories=[dict(c) for c in categories] if categories is not None else None,
+        operating_point=model.operating_point.to_dict() if model.operating_point else None,
         input_size=None if dynamic else tuple(example_size),
         source=source,
         source_sha256=source_sha256,
@@ -196,27 +191,25 @@ def export_onnx(
     return metadata
 
 
-def export_model(source: str | Path, path: str | Path, **options: Any) -> ExportMetadata:
-    """Export any model source `Predictor` accepts (a checkpoint, a torchvision-layout state dict, a model
-    name or config) to `path`; the checkpoint's categories and sha256 go into the metadata. `options` are
-    `export_onnx`'s."""
-    from instaseg.inference.predictor import load_model
-    from instaseg.serving.registry import file_sha256
-
+def export_model(source: str | Path | None, path: str | Path, **options: Any) -> ExportMetadata:
+    """Export any PyTorch model source `load_model` accepts (a model file, a torchvision-layout state dict, a
+    model name or config; None: the bundled default model) to `path`; the file's categories, operating point
+    and sha256 go into the metadata. `options` are `export_onnx`'s."""
+    source = default_model_path() if source is None else source
     if Path(source).suffix == ".onnx":
         raise ExportError(
             f"{source} is already an ONNX file; export takes a PyTorch checkpoint or a model name"
         )
     try:
-        model, categories = load_model(source)
+        model = load_model(source)
     except WeightsError as error:  # torch's size-mismatch report spans many lines: make it one
         raise ExportError(
             f"cannot export {source}: its weights do not match its config: {' '.join(str(error).split())}"
         ) from None
     digest = file_sha256(Path(source)) if Path(source).is_file() else None
-    return export_onnx(
-        model, path, categories=categories, source=str(source), source_sha256=digest, **options
-    )
+    if not isinstance(model, MaskRCNN):
+        raise ExportError(f"cannot export {source}: only Mask R-CNN models export to ONNX")
+    return export_onnx(model, path, source=str(source), source_sha256=digest, **options)
 
 
 def onnx_cache_dir() -> Path:
@@ -237,8 +230,6 @@ def onnx_model_file(source: str | Path, opset: int = DEFAULT_OPSET) -> Path:
             f"the ONNX backend needs an .onnx file or a checkpoint file to export; {str(source)!r} is "
             "neither (export a named model with `instaseg export` first)"
         )
-    from instaseg.serving.registry import file_sha256
-
     digest = file_sha256(path)
     cached = onnx_cache_dir() / f"{digest[:32]}-v{__version__}-f{FORMAT_VERSION}-opset{opset}.onnx"
     if not cached.is_file():
@@ -246,6 +237,24 @@ def onnx_model_file(source: str | Path, opset: int = DEFAULT_OPSET) -> Path:
         _log.info("exporting %s to %s for the ONNX Runtime backend", path, cached)
         export_model(path, cached, opset=opset)
     return cached
+
+
+def model_source_for_backend(source: str | Path | None, backend: str | None) -> str | Path | None:
+    """What to hand `load_model` for `source` (None: the bundled default model) on `backend` ("torch",
+    "onnx", or None: "onnx" for an `.onnx` file, else "torch"). On "onnx" a model file is exported once to
+    the cache (`onnx_model_file`); an `.onnx` file cannot run on "torch"."""
+    if backend not in (None, *BACKENDS):
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if source is None:
+        if backend != "onnx":
+            return None
+        source = default_model_path()
+    is_onnx = Path(source).suffix == ".onnx"
+    if backend == "torch" and is_onnx:
+        raise ValueError(f"{source} is an ONNX file: it runs on the onnx backend (--backend onnx)")
+    if backend == "onnx" and not is_onnx:
+        return onnx_model_file(source)
+    return source
 
 
 def _translation_table() -> dict[Any, Any]:

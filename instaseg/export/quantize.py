@@ -20,10 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from instaseg.export.metadata import INPUT_NAMES, ExportMetadata, read_metadata, write_metadata
-from instaseg.export.onnx_export import ExportError, require_onnx
 from instaseg.io.atomic import atomic_write
-from instaseg.io.images import load_image, to_tensor
+from instaseg.io.images import images_in_folder, load_image, to_tensor
+from instaseg.models.onnx_metadata import (
+    INPUT_NAMES,
+    ExportError,
+    ExportMetadata,
+    read_metadata,
+    require_onnx,
+    write_metadata,
+)
+from instaseg.models.onnx_runtime import graph_input, transform_for
 
 QUANTIZATION_MODES = ("dynamic", "static")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -43,15 +50,11 @@ class ImageCalibrationReader:
     pre-processed with the exported model's own resize and normalisation, or None after the last image."""
 
     def __init__(self, images: Sequence[str | Path], metadata: ExportMetadata) -> None:
-        from instaseg.inference.onnx_backend import transform_for
-
         self.transform = transform_for(metadata)
         self.images = [Path(image) for image in images]
         self._next = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        from instaseg.inference.onnx_backend import graph_input
-
         if self._next >= len(self.images):
             return None
         image = to_tensor(load_image(self.images[self._next]))
@@ -61,7 +64,6 @@ class ImageCalibrationReader:
 
 def calibration_images(folder: str | Path, count: int = DEFAULT_CALIBRATION_IMAGES) -> list[Path]:
     """`count` image files of `folder` (recursively), evenly spaced over their sorted list (all if fewer)."""
-    from instaseg.inference.inputs import images_in_folder
 
     folder = Path(folder)
     if not folder.is_dir():

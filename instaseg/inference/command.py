@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from instaseg.data.coco import read_coco
-from instaseg.inference.onnx_backend import model_source_for_backend
+from instaseg.export.onnx_export import model_source_for_backend
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import DEFAULT_TILING, Predictor
 from instaseg.inference.runner import OutputOptions, PredictionSummary, predict_files

@@ -15,8 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from instaseg.data.records import IMAGE_SUFFIXES
-from instaseg.io.images import ImageReadError, load_image
+from instaseg.io.images import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    images_in_folder,
+    load_image,
+    natural_sort_key,
+)
 
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
@@ -33,25 +38,11 @@ class InputFailure:
     reason: str
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def _natural_key(path: Path) -> list[object]:
-    # "frame_2.png" sorts before "frame_10.png": digits compare as numbers.
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
-def images_in_folder(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively (hidden files skipped), in natural sort order."""
-    return sorted((p for p in folder.rglob("*") if is_image_file(p)), key=_natural_key)
-
-
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[InputFailure]]:
     """Expand command-line inputs into a list of image files, in the order given.
 
     - an existing file is taken as is, whatever its extension (an unsupported format fails later, when read);
-    - a folder gives every image file below it (`IMAGE_SUFFIXES` of `instaseg.data.records`, any case);
+    - a folder gives every image file below it (`IMAGE_SUFFIXES` of `instaseg.io.images`, any case);
     - anything else containing `*`, `?` or `[` is a glob pattern (`**` recurses); folders it matches expand
       as above.
     A missing path, a pattern matching nothing and a folder holding no image become `InputFailure`s. A file
@@ -73,7 +64,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[InputF
         elif _GLOB_CHARACTERS.search(source):
             matches = [
                 Path(m)
-                for m in sorted(glob.glob(source, recursive=True), key=lambda m: _natural_key(Path(m)))
+                for m in sorted(glob.glob(source, recursive=True), key=lambda m: natural_sort_key(Path(m)))
             ]
             found = [p for m in matches for p in ([m] if m.is_file() else images_in_folder(m))]
             if not found:

@@ -21,7 +21,7 @@ Boxes stay the detector's boxes (mask clean-up does not move them). The result i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from instaseg.inference.mask_crops import DENSE_MASK_LIMIT, MaskCrop, crops_from_masks, masks_from_crops
-from instaseg.models.transform import MASK_THRESHOLD
+from instaseg.models.protocol import EVALUATION_SCORE_THRESHOLD, MASK_THRESHOLD, OperatingPoint
 from instaseg.ops import batched_nms, matrix_nms, nms, paste_masks_in_image, soft_nms
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
@@ -44,9 +44,11 @@ class PostprocessOptions:
     """Filtering and mask clean-up applied to a model's predictions. The defaults change nothing a
     torchvision-style Mask R-CNN has not already done, except dropping scores below 0.05.
 
-    score_threshold: drop instances scoring below this (default 0.05, as COCO evaluation does; ~0.5 for
-        display).
-    mask_threshold: probability above which a pixel belongs to the mask (default 0.5).
+    score_threshold: drop instances scoring below this (default None: the model's recommended operating
+        point when the `Predictor` knows one, else 0.05, as COCO evaluation does). Ask for 0.05 explicitly
+        where every detection counts (AP).
+    mask_threshold: probability above which a pixel belongs to the mask (default None: the operating
+        point's, else 0.5).
     nms: "none" (default: the model already ran per-class NMS), "hard", "soft-gaussian", "soft-linear" or
         "matrix".
     nms_iou_threshold: IoU above which "hard" suppresses and "soft-linear" decays (default 0.5).
@@ -62,8 +64,8 @@ class PostprocessOptions:
     non_overlapping: give each pixel only to the highest-scoring instance claiming it (default False).
     """
 
-    score_threshold: float = 0.05
-    mask_threshold: float = MASK_THRESHOLD
+    score_threshold: float | None = None
+    mask_threshold: float | None = None
     nms: str = "none"
     nms_iou_threshold: float = 0.5
     soft_nms_sigma: float = 0.5
@@ -79,7 +81,7 @@ class PostprocessOptions:
     def __post_init__(self) -> None:
         for name in ("score_threshold", "mask_threshold", "nms_iou_threshold"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"PostprocessOptions.{name} must lie in [0, 1], got {value}")
         if self.nms not in NMS_KINDS:
             raise ValueError(
@@ -93,6 +95,17 @@ class PostprocessOptions:
         for name in ("min_mask_area", "opening_radius"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PostprocessOptions.{name} must be >= 0, got {getattr(self, name)}")
+
+    def resolved(self, operating_point: OperatingPoint | None) -> PostprocessOptions:
+        """These options with the thresholds left None filled in: from `operating_point` when given, else
+        0.05 (score) and 0.5 (mask)."""
+        score = EVALUATION_SCORE_THRESHOLD if operating_point is None else operating_point.score_threshold
+        mask = MASK_THRESHOLD if operating_point is None else operating_point.mask_threshold
+        return replace(
+            self,
+            score_threshold=score if self.score_threshold is None else self.score_threshold,
+            mask_threshold=mask if self.mask_threshold is None else self.mask_threshold,
+        )
 
     @property
     def edits_masks(self) -> bool:
@@ -112,7 +125,9 @@ def postprocess(instances: Instances, options: PostprocessOptions) -> Instances:
     Needs `scores`. Mask options need masks (a `ValueError` says which option when there are none). The output
     keeps every field of the kept instances; masks come back dense when the input's were and the image is
     small enough, as RLE otherwise.
+    Thresholds left None are 0.05 and 0.5 here (a `Predictor` fills them from the model's operating point).
     """
+    options = options.resolved(None)
     if instances.scores is None:
         raise ValueError("postprocess needs scored instances (predictions); these have no scores")
     if instances.masks is None and "mask_logits" not in instances.fields:

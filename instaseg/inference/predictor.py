@@ -15,44 +15,38 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
-from instaseg.inference.coco_names import COCO_CATEGORY_NAMES
-from instaseg.inference.default_model import default_model_path
 from instaseg.inference.postprocess import PostprocessOptions, binarize_masks, postprocess
 from instaseg.inference.tiling import TilingOptions, predict_tiled
 from instaseg.inference.tta import TTAOptions, predict_tta
 from instaseg.io.images import load_image, to_tensor
-from instaseg.models import MODEL_CONFIGS, MaskRCNNConfig, WeightsError, build
-from instaseg.models.build import read_weights
-from instaseg.models.transform import ImageTransform
+from instaseg.models.loading import ModelSource, load_model
+from instaseg.models.model_file import check_categories
+from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, SegmentationModel
 from instaseg.structures.instances import Instances
 
 ImageInput = str | Path | np.ndarray | Image.Image
-# The classifier weight of a torchvision-layout state dict: its first dimension is the number of classes.
-_CLASSIFIER_KEY = "roi_heads.box_predictor.cls_score.weight"
 # Tiling is on by default: only images with a side over 2048 pixels are tiled.
 DEFAULT_TILING = TilingOptions()
 
 
 class Predictor:
-    """Run a Mask R-CNN on images and return post-processed `Instances` with dataset category ids.
+    """Run a model on images and return post-processed `Instances` with dataset category ids.
 
-    `model_or_checkpoint` is one of:
-    - None (the default): the bundled nuclei model (`instaseg.inference.default_model`);
-    - an `nn.Module` that maps a list of (3, H, W) [0, 1] tensors to a list of `Instances` (eval mode);
-    - a path to an instaseg checkpoint (`{"config", "model"}`, optionally `categories`, as training writes);
-    - a path to a torchvision-layout Mask R-CNN state dict (e.g. the published COCO `maskrcnn_resnet50_fpn`
-      weights): labels are COCO category ids and names are COCO's;
-    - a name of `instaseg.models.MODEL_CONFIGS` or a model config file (random weights: for tests and timing).
+    `model_or_checkpoint`: anything `instaseg.models.load_model` takes: None (the bundled nuclei model), a
+    `SegmentationModel` object, a model file or training checkpoint, an exported `.onnx` file, a
+    torchvision-layout Mask R-CNN state dict (COCO category ids and names), a model name or config file
+    (random weights: for tests and timing).
 
     `categories` (`[{"id", "name"}]` in model class order: class k is `categories[k - 1]`) overrides what the
-    checkpoint says; without any, labels stay model classes 1..K and have no names.
+    model file says; without any, labels stay model classes 1..K and have no names. Thresholds that
+    `postprocess` leaves None come from the model's operating point; `postprocess_options` holds the ones in
+    use.
     """
 
     def __init__(
         self,
-        model_or_checkpoint: nn.Module | str | Path | None = None,
+        model_or_checkpoint: ModelSource = None,
         device: str | torch.device = "cpu",
         postprocess: PostprocessOptions | None = None,
         tiling: TilingOptions | None = DEFAULT_TILING,
@@ -65,17 +59,16 @@ class Predictor:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} was asked for, but torch has no usable CUDA device")
-        if model_or_checkpoint is None:
-            model_or_checkpoint = default_model_path()
-        model, checkpoint_categories = load_model(model_or_checkpoint)
-        self.model = model.to(self.device).eval()
-        self.postprocess_options = postprocess or PostprocessOptions()
+        model = load_model(model_or_checkpoint)
+        self.model: SegmentationModel = model.to(self.device).eval()
+        self.postprocess_options = (postprocess or PostprocessOptions()).resolved(model.operating_point)
         self.tiling = tiling
         self.tta = tta
         self.batch_size = batch_size
-        self.categories = _check_categories(categories if categories is not None else checkpoint_categories)
-        num_classes = getattr(self.model, "num_classes", None)
-        if self.categories and num_classes is not None and len(self.categories) != num_classes - 1:
+        given = categories if categories is not None else model.categories
+        self.categories = check_categories(given, "categories") or []
+        num_classes = self.model.num_classes
+        if self.categories and len(self.categories) != num_classes - 1:
             raise ValueError(
                 f"{len(self.categories)} categories given for a model with {num_classes - 1} classes "
                 "(plus background)"
@@ -113,12 +106,10 @@ class Predictor:
     def _batches(self, indices: list[int], tensors: Sequence[torch.Tensor]) -> list[list[int]]:
         """`indices` in batches of up to `batch_size` images that pad to the same size in the model's
         transform, so that an image's detections do not depend on what it is batched with."""
-        transform = getattr(self.model, "transform", None)
-        groups: dict[tuple[int, int] | None, list[int]] = {}
+        groups: dict[object, list[int]] = {}
         for index in indices:
             size = (int(tensors[index].shape[-2]), int(tensors[index].shape[-1]))
-            key = transform.padded_size(size) if isinstance(transform, ImageTransform) else None
-            groups.setdefault(key, []).append(index)
+            groups.setdefault(self.model.batch_key(size, DEFAULT_DETECT_OPTIONS), []).append(index)
         return [
             group[first : first + self.batch_size]
             for group in groups.values()
@@ -132,7 +123,7 @@ class Predictor:
             outputs = predict_tta(self.model, tensors, self.tta, self.postprocess_options.mask_threshold)
         else:
             with torch.inference_mode():
-                outputs = self.model(tensors)
+                outputs = self.model.detect(tensors)
         return [output.to("cpu") for output in outputs]
 
     def _run_tiles(self, tiles: list[torch.Tensor]) -> list[Instances]:
@@ -151,53 +142,3 @@ class Predictor:
                 )
             instances = instances.replace(labels=ids[instances.labels])
         return instances
-
-
-def load_model(source: nn.Module | str | Path) -> tuple[nn.Module, list[dict] | None]:
-    """A model and its categories (`[{"id", "name"}]` in class order, or None) from any `Predictor` source.
-
-    An `.onnx` file written by `instaseg export` runs on ONNX Runtime (`OnnxMaskRCNN`, categories from its
-    metadata); any other ONNX file raises `OnnxModelError` (a `ValueError`) saying why.
-    """
-    if isinstance(source, nn.Module):
-        return source, None
-    if isinstance(source, str) and source in MODEL_CONFIGS:
-        return build(source), None
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml", ".json"):
-        return build(path), None
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model {str(source)!r} is neither a file nor a model name ({', '.join(MODEL_CONFIGS)})"
-        )
-    if path.suffix == ".onnx":
-        from instaseg.inference.onnx_backend import OnnxMaskRCNN
-
-        model = OnnxMaskRCNN(path)
-        return model, model.categories
-    checkpoint = read_weights(path)
-    if "config" in checkpoint:
-        config = MaskRCNNConfig.from_dict(checkpoint["config"], source=f"{path} (config)")
-        return build(config, weights=checkpoint), checkpoint.get("categories")
-    if _CLASSIFIER_KEY not in checkpoint:
-        raise WeightsError(
-            f"{path}: neither an instaseg checkpoint (no 'config') nor a torchvision-layout Mask R-CNN state "
-            f"dict (no {_CLASSIFIER_KEY!r})"
-        )
-    num_classes = int(checkpoint[_CLASSIFIER_KEY].shape[0])
-    model = build("maskrcnn_resnet50_fpn", weights=checkpoint, num_classes=num_classes)
-    if num_classes != len(COCO_CATEGORY_NAMES):
-        return model, None
-    # torchvision's COCO models predict the COCO category id itself as the class (91 slots, some unused).
-    return model, [{"id": i, "name": name} for i, name in enumerate(COCO_CATEGORY_NAMES) if i > 0]
-
-
-def _check_categories(categories: Sequence[Mapping] | None) -> list[dict]:
-    if categories is None:
-        return []
-    checked = []
-    for index, category in enumerate(categories):
-        if not isinstance(category, Mapping) or not isinstance(category.get("id"), int):
-            raise ValueError(f"categories[{index}] must be a dict with an integer 'id' and a 'name'")
-        checked.append({"id": int(category["id"]), "name": str(category.get("name", category["id"]))})
-    return checked

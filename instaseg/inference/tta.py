@@ -1,8 +1,9 @@
 """Test-time augmentation: run the model on flipped and rescaled views, map back, fuse the detections.
 
 Views are every scale in `scales` (each with and without a horizontal flip when `flip`). A scale changes the
-size the model resizes its input to (`model.transform.min_size` / `max_size` times the scale); a flip
-mirrors the image, and its detections (boxes and the 28x28 `mask_logits`) are mirrored back.
+size the model resizes its input to (`DetectOptions.input_scale`, passed per call: the model is not
+changed, so predictors sharing it are unaffected); a flip mirrors the image, and its detections (boxes and
+the 28x28 `mask_logits`) are mirrored back.
 
 Fusion (weighted box voting): detections of all views, by decreasing score, join the best-overlapping cluster
 of their label (box IoU with the cluster's fused box >= `box_iou`, at most one detection per view and
@@ -14,15 +15,13 @@ mask the mean of its members' mask probabilities (each pasted from its own box a
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from instaseg.inference.mask_crops import MaskCrop, masks_from_crops
+from instaseg.models.protocol import DetectOptions, SegmentationModel
 from instaseg.ops import paste_masks_in_image
 from instaseg.structures.boxes import box_iou
 from instaseg.structures.instances import Instances
@@ -49,26 +48,6 @@ class TTAOptions:
             raise ValueError(f"TTAOptions.box_iou must lie in (0, 1], got {self.box_iou}")
 
 
-@contextlib.contextmanager
-def model_input_scale(model: nn.Module, scale: float) -> Iterator[None]:
-    """Within the block, `model` resizes its inputs to `scale` times its usual size (restored afterwards)."""
-    if scale == 1.0:
-        yield
-        return
-    transform = getattr(model, "transform", None)
-    if transform is None or not hasattr(transform, "min_size") or not hasattr(transform, "max_size"):
-        raise ValueError(
-            "scale TTA needs a model whose `transform` has `min_size` and `max_size` (Mask R-CNN)"
-        )
-    saved = transform.min_size, transform.max_size
-    transform.min_size = tuple(round(size * scale) for size in saved[0])
-    transform.max_size = round(saved[1] * scale)
-    try:
-        yield
-    finally:
-        transform.min_size, transform.max_size = saved
-
-
 def flip_instances(instances: Instances) -> Instances:
     """Mirror detections left-right: boxes x -> W - x, and the `mask_logits` field and masks flipped."""
     width = instances.image_size[1]
@@ -82,14 +61,14 @@ def flip_instances(instances: Instances) -> Instances:
 
 
 def predict_tta(
-    model: nn.Module, images: list[torch.Tensor], options: TTAOptions, mask_threshold: float
+    model: SegmentationModel, images: list[torch.Tensor], options: TTAOptions, mask_threshold: float
 ) -> list[Instances]:
     """Run every view of each (3, H, W) image through `model` (eval mode) and fuse them per image."""
     views: list[list[Instances]] = [[] for _ in images]
     for scale in options.scales:
         batch = list(images) + ([image.flip(-1) for image in images] if options.flip else [])
-        with model_input_scale(model, scale), torch.inference_mode():
-            outputs = model(batch)
+        with torch.inference_mode():
+            outputs = model.detect(batch, DetectOptions(input_scale=scale))
         for index in range(len(images)):
             views[index].append(outputs[index])
             if options.flip:

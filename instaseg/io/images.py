@@ -12,15 +12,26 @@ Every model, dataset and tool in instaseg calls `load_image`, so the conversion 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageReadError", "load_image", "read_image_size", "to_tensor"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageReadError",
+    "images_in_folder",
+    "is_image_file",
+    "load_image",
+    "read_image_size",
+    "to_tensor",
+]
 
 ImageSource = str | Path | np.ndarray | Image.Image
+# File suffixes (lower case) that folders of images are searched for, here and in the dataset readers.
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 # Pillow modes that carry 16-bit (or 32-bit integer) samples.
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
@@ -192,3 +203,18 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
 
 def _describe_array(array: np.ndarray) -> str:
     return f"<array shape={tuple(array.shape)} dtype={array.dtype}>"
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible file with one of `IMAGE_SUFFIXES`, in any case."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def images_in_folder(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively (hidden files skipped), in natural sort order."""
+    return sorted((p for p in folder.rglob("*") if is_image_file(p)), key=natural_sort_key)
+
+
+def natural_sort_key(path: Path) -> list[object]:
+    # "frame_2.png" sorts before "frame_10.png": digits compare as numbers.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]

@@ -1,8 +1,9 @@
-"""Build a Mask R-CNN from a name, a config or a checkpoint, and load / save weights.
+"""Build a Mask R-CNN from a name or a config, and load / save its weights.
 
-Checkpoint files written by `save_weights` hold `{"config": MaskRCNNConfig.to_dict(), "model": state_dict}`,
-so `build("model.pt")` needs nothing else. Plain state dicts (torchvision's published `maskrcnn_resnet50_fpn`
-COCO checkpoint, for example) load with `build("maskrcnn_resnet50_fpn", weights="that.pth")`.
+`save_weights` writes a model file (`instaseg.models.model_file`), which `instaseg.models.load_model` reads
+back with its categories and operating point. Plain state dicts (torchvision's published
+`maskrcnn_resnet50_fpn` COCO checkpoint, for example) load with `build("maskrcnn_resnet50_fpn",
+weights="that.pth")`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from instaseg.io.atomic import atomic_write
 from instaseg.models.backbone import BackboneWithFPN
 from instaseg.models.box_head import FastRCNNPredictor, TwoMLPHead
 from instaseg.models.config import ConfigError, MaskRCNNConfig
@@ -27,6 +25,7 @@ from instaseg.models.efficientnet_lite import (
 from instaseg.models.fpn import FPN_LEVEL_NAMES, FPN_LEVEL_STRIDES, FeaturePyramidNetwork
 from instaseg.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor
 from instaseg.models.mask_rcnn import MaskRCNN
+from instaseg.models.model_file import ModelFile, WeightsError, read_weights, tensors_only
 from instaseg.models.norm import norm_layer
 from instaseg.models.resnet import ResNet
 from instaseg.models.roi_heads import RoIHeads
@@ -60,10 +59,6 @@ MODEL_CONFIGS = {
 }
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-
-
-class WeightsError(ValueError):
-    """Weights cannot be read or do not fit the model; the message names the file and the offending keys."""
 
 
 def build_model(config: MaskRCNNConfig) -> MaskRCNN:
@@ -127,64 +122,44 @@ def build(
 ) -> MaskRCNN:
     """Build a Mask R-CNN, optionally load weights (strictly), and return it in eval mode.
 
-    `name_or_config`: a name in `MODEL_CONFIGS`, a `.yaml` / `.yml` / `.json` config file, a checkpoint file
-    written by `save_weights` (its config and weights are used), a `MaskRCNNConfig` or its dict form.
-    `weights`: a checkpoint or plain state-dict file, or an already loaded dict. `overrides` replace config
-    fields, e.g. `build("maskrcnn_resnet50_fpn", box_score_thresh=0.3)`.
+    `name_or_config`: a name in `MODEL_CONFIGS`, a `.yaml` / `.yml` / `.json` config file, a
+    `MaskRCNNConfig` or its dict form. `weights`: a model file or plain state-dict file, or an already loaded
+    dict. `overrides` replace config fields, e.g. `build("maskrcnn_resnet50_fpn", box_score_thresh=0.3)`.
+    A model file with its categories and operating point loads with `instaseg.models.load_model`.
     """
-    config, checkpoint_state = resolve_config(name_or_config)
+    config = resolve_config(name_or_config)
     if overrides:
         config = MaskRCNNConfig.from_dict({**config.to_dict(), **overrides}, source="build() overrides")
     model = build_model(config)
-    if checkpoint_state is not None:
-        load_weights(model, checkpoint_state, source=str(name_or_config))
     if weights is not None:
         source = str(weights) if isinstance(weights, (str, Path)) else "weights"
         load_weights(model, read_weights(weights) if isinstance(weights, (str, Path)) else weights, source)
     return model.eval()
 
 
-def resolve_config(
-    name_or_config: str | Path | MaskRCNNConfig | dict[str, Any],
-) -> tuple[MaskRCNNConfig, dict[str, Any] | None]:
-    """The config named or given by `name_or_config`, and the weights of a checkpoint file if it is one."""
+def resolve_config(name_or_config: str | Path | MaskRCNNConfig | dict[str, Any]) -> MaskRCNNConfig:
+    """The architecture named or given by `name_or_config`: a name in `MODEL_CONFIGS`, a config file, a
+    `MaskRCNNConfig` or its dict form."""
     if isinstance(name_or_config, MaskRCNNConfig):
-        return name_or_config, None
+        return name_or_config
     if isinstance(name_or_config, dict):
-        return MaskRCNNConfig.from_dict(name_or_config), None
+        return MaskRCNNConfig.from_dict(name_or_config)
     if isinstance(name_or_config, str) and name_or_config in MODEL_CONFIGS:
-        return dataclasses.replace(MODEL_CONFIGS[name_or_config]), None
+        return dataclasses.replace(MODEL_CONFIGS[name_or_config])
     if not isinstance(name_or_config, (str, Path)):
         raise ConfigError(f"expected a model name, config, or file path, got {type(name_or_config).__name__}")
     path = Path(name_or_config)
     if path.suffix in CONFIG_SUFFIXES:
-        return MaskRCNNConfig.load(path), None
+        return MaskRCNNConfig.load(path)
     if path.suffix in CHECKPOINT_SUFFIXES:
-        checkpoint = read_weights(path)
-        if "config" not in checkpoint:
-            raise WeightsError(
-                f"{path}: a plain state dict carries no architecture; use "
-                f"build(<name or config>, weights={str(path)!r})"
-            )
-        return MaskRCNNConfig.from_dict(checkpoint["config"], source=f"{path} (config)"), checkpoint
+        raise ConfigError(
+            f"{path} is a model file, not an architecture: load it with "
+            f"instaseg.models.load_model({str(path)!r}), or pass it as weights="
+        )
     raise ConfigError(
-        f"unknown model {str(name_or_config)!r}: expected one of {', '.join(MODEL_CONFIGS)}, a config "
-        f"file ({', '.join(CONFIG_SUFFIXES)}) or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+        f"unknown model {str(name_or_config)!r}: expected one of {', '.join(MODEL_CONFIGS)} or a config "
+        f"file ({', '.join(CONFIG_SUFFIXES)})"
     )
-
-
-def read_weights(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint or state-dict file on the CPU (tensors and plain data only, no pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt / foreign files
-        raise WeightsError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
-    return data
 
 
 def load_weights(model: MaskRCNN, weights: dict[str, Any], source: str = "weights") -> None:
@@ -195,7 +170,7 @@ def load_weights(model: MaskRCNN, weights: dict[str, Any], source: str = "weight
     """
     state_dict = weights["model"] if isinstance(weights.get("model"), dict) else weights
     try:
-        result = model.load_state_dict(_tensors_only(state_dict, source), strict=False)
+        result = model.load_state_dict(tensors_only(state_dict, source), strict=False)
     except RuntimeError as error:  # shapes that do not match, e.g. another num_classes
         raise WeightsError(f"{source}: weights do not fit the model: {error}") from None
     if result.missing_keys or result.unexpected_keys:
@@ -223,18 +198,23 @@ def load_backbone_weights(model: MaskRCNN, source: str | Path) -> None:
         raise WeightsError(str(error)) from None
 
 
-def save_weights(model: MaskRCNN, path: str | Path) -> None:
-    """Write `{"config": ..., "model": state_dict}` atomically, so that `build(path)` restores the model."""
+def save_weights(model: MaskRCNN, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
+    """Write `model` as a model file (`instaseg.models.model_file`) atomically, with the categories and
+    operating point it carries, so that `load_model(path)` restores all of it."""
+    model_file_for(model, provenance or {}).save(path)
+
+
+def model_file_for(model: MaskRCNN, provenance: dict[str, Any]) -> ModelFile:
+    """The `ModelFile` of a built Mask R-CNN: its config, weights, categories and operating point."""
     if model.config is None:
         raise ConfigError(
             "the model has no config to save with its weights; build it with instaseg.models.build"
         )
-    with atomic_write(path) as handle:
-        torch.save({"config": model.config.to_dict(), "model": model.state_dict()}, handle)
-
-
-def _tensors_only(state_dict: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
-    bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
-    if bad:
-        raise WeightsError(f"{source}: not a state dict: entries {bad[:5]} are not tensors")
-    return dict(state_dict)
+    return ModelFile(
+        family="mask_rcnn",
+        config=model.config.to_dict(),
+        state_dict=model.state_dict(),
+        categories=model.categories,
+        operating_point=model.operating_point,
+        provenance=provenance,
+    )

@@ -1,21 +1,26 @@
-"""Mask R-CNN: the composition. Read `forward` top to bottom for the data path:
+"""Mask R-CNN: the composition. Read `detect` top to bottom for the data path:
 
-images -> inputs.prepare_images -> transform (resize, normalise, pad) -> backbone (ResNet + FPN) -> rpn
-(proposals) -> roi_heads (boxes, classes, 28x28 mask logits) -> transform.postprocess (original pixels, pasted
-masks) -> Instances.
+images -> inputs.prepare_images -> transform (resize, normalise, pad) -> `detect_batch`: backbone (ResNet or
+EfficientNet-Lite + FPN) -> rpn (proposals) -> roi_heads (boxes, classes, 28x28 mask logits) ->
+transform.postprocess (original pixels, pasted masks) -> Instances.
+
+`detect_batch` is the one inference path between the padded batch and the detections: eager inference and
+the exported ONNX graph (`instaseg.export.onnx_export.InferenceGraph`) both call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from instaseg.models.backbone import BackboneWithFPN
 from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS, ModelInputError, prepare_images, prepare_targets
+from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions, OperatingPoint
 from instaseg.models.roi_heads import Detections, RoIHeads
 from instaseg.models.rpn import RegionProposalNetwork
-from instaseg.models.transform import ImageTransform
+from instaseg.models.transform import ImageBatch, ImageTransform
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
 
@@ -24,9 +29,10 @@ if TYPE_CHECKING:
 
 
 class MaskRCNN(nn.Module):
-    """Instance segmentation model; see the module docstring for the data path.
+    """Instance segmentation model (a `SegmentationModel`); see the module docstring for the data path.
 
-    Eval mode: `model(images) -> list[Instances]`, one per image, in original-image pixels: `boxes (N, 4)
+    Inference: `model.detect(images, options) -> list[Instances]` (eval mode; `model(images)` is the same
+    with the config's own thresholds), one per image, in original-image pixels: `boxes (N, 4)
     x1y1x2y2`, `scores`, `labels` (model classes 1..num_classes-1), `masks` (bitmaps, probability > 0.5) and
     the field `mask_logits (N, 28, 28)` (each detection's own class, in its box). Train mode:
     `model(images, targets) -> dict` with `loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`,
@@ -50,6 +56,9 @@ class MaskRCNN(nn.Module):
         self.roi_heads = roi_heads
         self.max_image_pixels = max_image_pixels
         self.config = config
+        # What the model file says about the classes and thresholds (set by `instaseg.models.loading`).
+        self.categories: list[dict] | None = None
+        self.operating_point: OperatingPoint | None = None
 
     @property
     def num_classes(self) -> int:
@@ -59,28 +68,58 @@ class MaskRCNN(nn.Module):
     def forward(
         self, images: list[Tensor], targets: list[Instances] | None = None
     ) -> list[Instances] | dict[str, Tensor]:
-        images = prepare_images(images, self.max_image_pixels)
-        if self.training:
-            if targets is None:
+        """Train mode: the losses for `targets`. Eval mode: `detect(images)`."""
+        if not self.training:
+            if targets is not None:
                 raise ModelInputError(
-                    "training mode needs targets (one Instances per image); call model.eval() for inference"
+                    "targets are only used in training mode; call model.train() to get losses"
                 )
-            targets = prepare_targets(targets, images, self.num_classes, need_masks=True)
-        elif targets is not None:
-            raise ModelInputError("targets are only used in training mode; call model.train() to get losses")
-        original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
+            return self.detect(images)
+        images = prepare_images(images, self.max_image_pixels)
+        if targets is None:
+            raise ModelInputError(
+                "training mode needs targets (one Instances per image); call model.eval() for inference"
+            )
+        targets = prepare_targets(targets, images, self.num_classes, need_masks=True)
         batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
-        detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        _, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        return {**rpn_losses, **head_losses}
+
+    def summary(self) -> dict[str, object]:
+        """Family, backbone, classes and input sizes, for listings."""
+        return mask_rcnn_summary(self.config.to_dict() if self.config is not None else None, self.num_classes)
+
+    def batch_key(self, image_size: tuple[int, int], options: DetectOptions) -> tuple[int, int]:
+        """The padded batch size of an image of `image_size (H, W)`: equal keys share a batch safely."""
+        return self.transform.padded_size(image_size, options.input_scale)
+
+    def detect(
+        self, images: Sequence[Tensor], options: DetectOptions = DEFAULT_DETECT_OPTIONS
+    ) -> list[Instances]:
+        """Eval-mode inference: `(3, H, W)` [0, 1] images -> one `Instances` each, in original pixels."""
         if self.training:
-            return {**rpn_losses, **head_losses}
+            raise ModelInputError("detect needs eval mode; call model.eval() first")
+        images = prepare_images(list(images), self.max_image_pixels)
+        original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
+        batch, _ = self.transform(images, scale=options.input_scale)
         return [
             self.to_instances(image_detections, resized_size, original_size)
             for image_detections, resized_size, original_size in zip(
-                detections, batch.image_sizes, original_sizes, strict=True
+                self.detect_batch(batch, options), batch.image_sizes, original_sizes, strict=True
             )
         ]
+
+    def detect_batch(
+        self, batch: ImageBatch, options: DetectOptions = DEFAULT_DETECT_OPTIONS
+    ) -> list[Detections]:
+        """The inference path shared by `detect` and the exported graph: a padded, normalised batch ->
+        per-image `Detections` in resized-image pixels."""
+        features = self.backbone(batch.tensors)
+        proposals, _ = self.rpn(batch, features)
+        detections, _ = self.roi_heads(features, proposals, batch.image_sizes, options=options)
+        return detections
 
     def to_instances(
         self, detections: Detections, resized_size: tuple[int, int], original_size: tuple[int, int]
@@ -97,7 +136,7 @@ def detections_to_instances(
 ) -> Instances:
     """One image's detections (resized-image pixels, `(H, W)` `resized_size`) -> `Instances` of an image of
     `original_size (H, W)`: boxes rescaled, 28x28 mask probabilities pasted into bitmaps, `mask_logits` kept.
-    Shared by `MaskRCNN` and the ONNX Runtime backend (`instaseg.inference.onnx_backend`)."""
+    Shared by `MaskRCNN` and the ONNX Runtime backend (`instaseg.models.onnx_runtime`)."""
     boxes, masks = transform.postprocess(
         detections.boxes, detections.mask_logits.sigmoid()[:, None], resized_size, original_size
     )
@@ -109,3 +148,16 @@ def detections_to_instances(
         masks=Masks.from_bitmaps(masks),
         mask_logits=detections.mask_logits,
     )
+
+
+def mask_rcnn_summary(config: dict | None, num_classes: int) -> dict[str, object]:
+    """`SegmentationModel.summary` of a Mask R-CNN from its config dict (None: unknown architecture)."""
+    summary: dict[str, object] = {"family": "mask_rcnn", "num_classes": num_classes}
+    if config is not None:
+        backbone = config["backbone"]
+        summary["backbone"] = f"resnet{config['backbone_depth']}" if backbone == "resnet" else backbone
+        min_size = config["min_size"]
+        summary["min_size"] = min_size[-1] if isinstance(min_size, (list, tuple)) else min_size
+        summary["max_size"] = config["max_size"]
+        summary["max_image_pixels"] = config["max_image_pixels"]
+    return summary

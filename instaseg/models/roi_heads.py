@@ -15,6 +15,7 @@ from instaseg.models.box_head import FastRCNNPredictor, TwoMLPHead, box_losses
 from instaseg.models.inputs import Target
 from instaseg.models.mask_head import MaskRCNNHeads, MaskRCNNPredictor, mask_loss, select_class_channel
 from instaseg.models.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
+from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions
 from instaseg.ops import BoxCoder, MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes, remove_small_boxes
 
 
@@ -89,14 +90,18 @@ class RoIHeads(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
         targets: list[Target] | None = None,
+        options: DetectOptions = DEFAULT_DETECT_OPTIONS,
     ) -> tuple[list[Detections], dict[str, Tensor]]:
+        """Training: `([], losses)`. Inference: `(detections, {})`, with `options`' thresholds where set."""
         if self.training:
             if targets is None:
                 raise ValueError("the RoI heads need targets in training mode")
             return [], self.losses(features, proposals, image_sizes, targets)
         box_features = self.box_roi_pool(features, proposals, image_sizes, head=self.box_head)
         class_logits, box_deltas = self.box_predictor(box_features)
-        boxes, scores, labels = self.select_detections(class_logits, box_deltas, proposals, image_sizes)
+        boxes, scores, labels = self.select_detections(
+            class_logits, box_deltas, proposals, image_sizes, options
+        )
         mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
         mask_logits = select_class_channel(mask_logits, torch.cat(labels)).split([b.shape[0] for b in boxes])
         return [Detections(*fields) for fields in zip(boxes, scores, labels, mask_logits, strict=True)], {}
@@ -107,9 +112,14 @@ class RoIHeads(nn.Module):
         box_deltas: Tensor,
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
+        options: DetectOptions = DEFAULT_DETECT_OPTIONS,
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Decode class-specific boxes, then per image: clip, drop background and low scores, drop tiny boxes,
-        per-class NMS, keep the best `detections_per_img`. Returns per-image boxes, scores, labels."""
+        per-class NMS, keep the best `detections_per_img` (each threshold `options`' where it sets one).
+        Returns per-image boxes, scores, labels."""
+        score_thresh = _given(options.score_threshold, self.score_thresh)
+        nms_thresh = _given(options.iou_threshold, self.nms_thresh)
+        max_detections = _given(options.max_detections, self.detections_per_img)
         num_classes = class_logits.shape[-1]
         boxes_per_image = [image_proposals.shape[0] for image_proposals in proposals]
         pred_boxes = self.box_coder.decode(box_deltas, torch.cat(proposals)).reshape(-1, num_classes, 4)
@@ -123,11 +133,9 @@ class RoIHeads(nn.Module):
             boxes = boxes[:, 1:].reshape(-1, 4)
             labels = torch.arange(num_classes, device=scores.device).expand_as(scores)[:, 1:].reshape(-1)
             scores = scores[:, 1:].reshape(-1)
-            keep = torch.where(scores > self.score_thresh)[0]
+            keep = torch.where(scores > score_thresh)[0]
             keep = keep[remove_small_boxes(boxes[keep], self.min_box_size)]
-            keep = keep[
-                batched_nms(boxes[keep], scores[keep], labels[keep], self.nms_thresh, self.detections_per_img)
-            ]
+            keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], nms_thresh, max_detections)]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])
@@ -197,3 +205,8 @@ class RoIHeads(nn.Module):
             [sample.matched_indices[chosen] for sample, chosen in zip(samples, positives, strict=True)],
         )
         return losses
+
+
+def _given(value: float | int | None, default: float | int) -> float | int:
+    """`value` where a caller set it, else the module's own `default`."""
+    return default if value is None else value

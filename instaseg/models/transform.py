@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instaseg.models.inputs import Target
+from instaseg.models.protocol import MASK_THRESHOLD
 from instaseg.ops import paste_masks_in_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The model's own masks are its pasted mask probabilities above this (as torchvision's Mask R-CNN).
-MASK_THRESHOLD = 0.5
 
 
 @dataclass
@@ -84,6 +83,7 @@ class ImageTransform(nn.Module):
 
     `min_size` may be a tuple: training then picks one of them per image at random (multi-scale training);
     inference always uses the last. Images are `(3, H, W)` float in [0, 1] (see `inputs.prepare_images`).
+    `scale` (inference only) multiplies both resize limits, for scale test-time augmentation.
     """
 
     def __init__(
@@ -101,13 +101,20 @@ class ImageTransform(nn.Module):
         self.register_buffer("image_mean", torch.tensor(image_mean).reshape(3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).reshape(3, 1, 1), persistent=False)
 
-    def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
+    def padded_size(self, size: tuple[int, int], scale: float = 1.0) -> tuple[int, int]:
         """The `(H, W)` batch tensor an image of `size (H, W)` gets in eval mode when it is batched alone.
 
         Images with equal padded sizes can share a batch without changing each other's results; images of
         other sizes pad each other (zeros the network sees at their borders)."""
-        height, width = resized_size(size, float(self.min_size[-1]), float(self.max_size))
+        min_size, max_size = self.resize_limits(scale)
+        height, width = resized_size(size, min_size, max_size)
         return _round_up(height, self.size_divisible), _round_up(width, self.size_divisible)
+
+    def resize_limits(self, scale: float = 1.0) -> tuple[float, float]:
+        """The eval-mode `(short side, long side limit)` of the resize, each times `scale` (rounded)."""
+        if scale == 1.0:
+            return float(self.min_size[-1]), float(self.max_size)
+        return float(round(self.min_size[-1] * scale)), float(round(self.max_size * scale))
 
     def _target_size(self) -> float:
         if self.training and len(self.min_size) > 1:
@@ -115,14 +122,19 @@ class ImageTransform(nn.Module):
         return float(self.min_size[-1])
 
     def forward(
-        self, images: list[Tensor], targets: list[Target] | None = None
+        self, images: list[Tensor], targets: list[Target] | None = None, scale: float = 1.0
     ) -> tuple[ImageBatch, list[Target] | None]:
+        if scale != 1.0 and self.training:
+            raise ValueError("ImageTransform: a resize scale is for inference (scale TTA), not for training")
         resized_images = []
         resized_targets = [] if targets is not None else None
         for index, image in enumerate(images):
             original_size = (image.shape[-2], image.shape[-1])
             normalised = (image - self.image_mean) / self.image_std
-            resized = resize_image(normalised, self._target_size(), float(self.max_size))
+            if self.training:
+                resized = resize_image(normalised, self._target_size(), float(self.max_size))
+            else:
+                resized = resize_image(normalised, *self.resize_limits(scale))
             resized_images.append(resized)
             if targets is not None:
                 resized_targets.append(

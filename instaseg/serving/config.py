@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from instaseg.engine.config_schema import ConfigError, parse_section, parse_yaml
-from instaseg.inference.onnx_backend import BACKENDS
+from instaseg.export.onnx_export import BACKENDS
 
 __all__ = [
     "AuthConfig",

@@ -17,7 +17,6 @@ from instaseg.serving.registry import ModelRegistry, ModelVersion, RegistryError
 __all__ = ["register_model"]
 
 _log = logging.getLogger(__name__)
-_ARCHITECTURE_KEYS = ("num_classes", "backbone_depth", "min_size", "max_size", "max_image_pixels")
 
 
 def register_model(
@@ -41,15 +40,13 @@ def register_model(
     checkpoint = Path(checkpoint)
     keep_all = PostprocessOptions(score_threshold=0.0)
     predictor = Predictor(checkpoint, device=device, postprocess=keep_all, tiling=None)
-    config = getattr(predictor.model, "config", None)
-    if config is None:
-        raise RegistryError(f"{checkpoint}: not an instaseg checkpoint with a model config")
-    classes = _classes(checkpoint, config.num_classes, predictor.categories, class_names)
+    model = predictor.model
+    classes = _classes(checkpoint, model.num_classes, predictor.categories, class_names)
     reference = None
     if reference_images:
         reference = _reference(predictor, reference_images, reference_limit).to_dict()
-    info = {key: getattr(config, key) for key in _ARCHITECTURE_KEYS}
-    info["min_size"] = list(info["min_size"]) if isinstance(info["min_size"], tuple) else info["min_size"]
+    info = dict(model.summary())
+    info["operating_point"] = model.operating_point.to_dict() if model.operating_point else None
     return ModelRegistry(registry_root).register(name, checkpoint, classes, info, reference, description)
 
 

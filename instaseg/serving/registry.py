@@ -74,7 +74,7 @@ class ModelVersion:
 
     classes: `[{"id", "name"}]` in model class order (model class k -> `classes[k - 1]`).
     model_info: architecture facts shown to clients (`num_classes`, `min_size`, `max_size`,
-        `max_image_pixels`, `backbone_depth`).
+        `max_image_pixels`, `family`, `backbone`, `operating_point`: `SegmentationModel.summary()`).
     reference: drift reference statistics (`instaseg.serving.drift.ReferenceStats.to_dict()`), or None.
     """
 
@@ -389,14 +389,6 @@ class ModelRegistry:
             description=row["description"],
             created_at=row["created_at"],
         )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _copy_hashed(source: Path, folder: Path) -> tuple[str, str]:

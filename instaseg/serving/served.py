@@ -16,15 +16,17 @@ from dataclasses import dataclass
 
 import torch
 
-from instaseg.inference.onnx_backend import model_source_for_backend
+from instaseg.export.onnx_export import model_source_for_backend
 from instaseg.inference.postprocess import PostprocessOptions
-from instaseg.inference.predictor import Predictor, load_model
+from instaseg.inference.predictor import Predictor
 from instaseg.inference.tiling import TilingOptions
+from instaseg.io.files import file_sha256
+from instaseg.models.loading import load_model
 from instaseg.serving.batching import BatchResult, DynamicBatcher
 from instaseg.serving.config import ServingConfig
 from instaseg.serving.drift import DriftMonitor, ReferenceStats
 from instaseg.serving.metrics import RollingSummary
-from instaseg.serving.registry import ModelVersion, RegistryError, file_sha256
+from instaseg.serving.registry import ModelVersion, RegistryError
 from instaseg.structures.instances import Instances
 
 __all__ = ["ImageJob", "ServedModel"]
@@ -95,7 +97,7 @@ class ServedModel:
                 "registration "
                 f"(sha256 {digest[:12]}..., registered {entry.sha256[:12]}...)"
             )
-        model, _ = load_model(model_source_for_backend(entry.checkpoint, config.backend))
+        model = load_model(model_source_for_backend(entry.checkpoint, config.backend))
         batch = config.batching.max_batch_size
         tiling = TilingOptions(
             tile_size=config.tile_size,

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from instaseg.cli import models
-from instaseg.engine.checkpoint import save_model_file
-from instaseg.models import build
+from instaseg.models import build, save_weights
 from instaseg.serving.drift import ReferenceStats
 from instaseg.serving.registry import ModelRegistry, RegistryError
 
@@ -42,14 +41,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build("maskrcnn_resnet18_fpn", **TINY)
     path = tmp_path_factory.mktemp("models_cli") / "trained.pt"
     # The layout training writes: config, weights, and the dataset categories behind classes 1..K.
-    save_model_file(
-        path,
-        {
-            "config": model.config.to_dict(),
-            "model": model.state_dict(),
-            "categories": [{"id": 7, "name": "nucleus"}],
-        },
-    )
+    model.categories = [{"id": 7, "name": "nucleus"}]
+    save_weights(model, path)
     return path
 
 
@@ -77,7 +70,7 @@ def test_register_with_reference_from_real_images(
     assert capsys.readouterr().out.strip() == "registered nuclei v1 (classes: nucleus; drift reference: yes)"
     entry = ModelRegistry(registry).get("nuclei", 1)
     assert entry.classes == [{"id": 7, "name": "nucleus"}]  # from the checkpoint's categories
-    assert entry.model_info["backbone_depth"] == 18 and entry.model_info["min_size"] == 64
+    assert entry.model_info["backbone"] == "resnet18" and entry.model_info["min_size"] == 64
     reference = ReferenceStats.from_dict(entry.reference)
     assert reference.images == 2  # --reference-limit: the first 2 of the 4 images given
     assert reference.histograms["size"].sum() == 2

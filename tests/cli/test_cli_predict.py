@@ -13,8 +13,7 @@ from PIL import Image
 
 from instaseg.cli import main as cli_main
 from instaseg.data.convert import convert
-from instaseg.engine.checkpoint import save_model_file
-from instaseg.models import build
+from instaseg.models import build, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +29,8 @@ def checkpoint(tmp_path_factory) -> Path:
         box_detections_per_img=20,
     )
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model_file(
-        path,
-        {
-            "config": model.config.to_dict(),
-            "model": model.state_dict(),
-            "categories": [{"id": 1, "name": "nucleus"}],
-        },
-    )
+    model.categories = [{"id": 1, "name": "nucleus"}]
+    save_weights(model, path)
     return path
 
 

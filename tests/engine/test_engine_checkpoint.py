@@ -11,7 +11,7 @@ import torch
 
 from instaseg.engine import checkpoint
 from instaseg.engine.checkpoint import (
-    CHECKPOINT_KEYS,
+    TRAINING_KEYS,
     CheckpointError,
     CheckpointWriteError,
     capture_rng_state,
@@ -20,17 +20,22 @@ from instaseg.engine.checkpoint import (
     save_checkpoint,
 )
 from instaseg.io.atomic import atomic_write
+from instaseg.models.model_file import ModelFile
+
+
+def _model_file(iteration: int) -> ModelFile:
+    return ModelFile("mask_rcnn", {}, {"w": torch.full((3,), float(iteration))})
 
 
 def _state(iteration: int) -> dict:
-    state = {key: None for key in CHECKPOINT_KEYS}
-    state.update(config={}, model={"w": torch.full((3,), float(iteration))}, iteration=iteration, rng={})
+    state = {key: None for key in TRAINING_KEYS}
+    state.update(iteration=iteration, rng={})
     return state
 
 
 def test_save_then_load(tmp_path):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, _state(7))
+    save_checkpoint(path, _model_file(7), _state(7))
     loaded = load_checkpoint(path)
     assert loaded["iteration"] == 7
     torch.testing.assert_close(loaded["model"]["w"], torch.full((3,), 7.0))
@@ -38,7 +43,7 @@ def test_save_then_load(tmp_path):
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, _state(1))
+    save_checkpoint(path, _model_file(1), _state(1))
 
     def save_half_then_fail(obj, stream):
         stream.write(b"partial bytes of a checkpoint")
@@ -46,7 +51,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(checkpoint.torch, "save", save_half_then_fail)
     with pytest.raises(CheckpointWriteError, match=r"could not write .*last\.pt \(No space left on device\)"):
-        save_checkpoint(path, _state(2))
+        save_checkpoint(path, _model_file(2), _state(2))
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind
@@ -69,7 +74,7 @@ def test_missing_truncated_and_foreign_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
     good = tmp_path / "good.pt"
-    save_checkpoint(good, _state(3))
+    save_checkpoint(good, _model_file(3), _state(3))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"truncated\.pt cannot be read"):
@@ -82,7 +87,9 @@ def test_missing_truncated_and_foreign_files_are_named(tmp_path):
 
 def test_missing_keys_are_refused_when_saving(tmp_path):
     with pytest.raises(ValueError, match="lacks optimizer"):
-        save_checkpoint(tmp_path / "x.pt", {key: None for key in CHECKPOINT_KEYS if key != "optimizer"})
+        save_checkpoint(
+            tmp_path / "x.pt", _model_file(0), {key: None for key in TRAINING_KEYS if key != "optimizer"}
+        )
 
 
 def test_rng_state_survives_a_checkpoint(tmp_path):
@@ -93,7 +100,7 @@ def test_rng_state_survives_a_checkpoint(tmp_path):
     state["rng"] = capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(2))
     path = tmp_path / "rng.pt"
-    save_checkpoint(path, state)
+    save_checkpoint(path, _model_file(0), state)
     random.seed(10)
     np.random.seed(20)
     torch.manual_seed(30)

@@ -17,7 +17,7 @@ from instaseg.engine.run_dir import RunExistsError
 from instaseg.engine.schedule import lr_factor
 from instaseg.engine.trainer import LOSS_KEYS, TrainingDivergedError, train
 from instaseg.inference.predictor import Predictor
-from instaseg.models import build
+from instaseg.models import load_model
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.structures.instances import Instances
 
@@ -109,8 +109,9 @@ def test_run_folder_holds_config_checkpoints_and_metrics(full_run):
     ground_truth = json.loads((run / "val_ground_truth.json").read_text())
     assert len(ground_truth["images"]) == 2
 
-    # best.pt is a model file: `build` restores the evaluated (EMA) weights and the architecture.
-    model = build(run / "best.pt")
+    # best.pt is a model file: `load_model` restores the evaluated (EMA) weights, architecture and categories.
+    model = load_model(run / "best.pt")
+    assert model.categories == last["categories"]
     assert isinstance(model, MaskRCNN) and model.num_classes == 3
     best = torch.load(run / "best.pt", weights_only=True)
     torch.testing.assert_close(model.state_dict(), best["model"])

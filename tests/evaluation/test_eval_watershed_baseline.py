@@ -13,7 +13,7 @@ from instaseg.baselines import segment_nuclei
 from instaseg.data.coco import write_coco
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.evaluation import evaluate_coco
-from instaseg.inference.default_model import held_out_samples_path
+from instaseg.models.default_model import held_out_samples_path
 from instaseg.structures.masks import decode_rle
 
 SHAPE = (96, 128)

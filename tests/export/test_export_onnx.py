@@ -12,12 +12,12 @@ import torch
 
 from instaseg.cli.main import main
 from instaseg.export import ExportError, OnnxModelError, export_onnx, read_metadata
-from instaseg.export.metadata import FORMAT_VERSION, ExportMetadata, write_metadata
-from instaseg.export.onnx_export import onnx_model_file, require_onnx
+from instaseg.export.onnx_export import model_source_for_backend, onnx_model_file, require_onnx
 from instaseg.export.parity import compare_instances
-from instaseg.inference.onnx_backend import OnnxMaskRCNN, model_source_for_backend
-from instaseg.inference.predictor import load_model
 from instaseg.models import MaskRCNN, build
+from instaseg.models.loading import load_model
+from instaseg.models.onnx_metadata import FORMAT_VERSION, ExportMetadata, write_metadata
+from instaseg.models.onnx_runtime import OnnxMaskRCNN
 
 onnx = pytest.importorskip("onnx")
 
@@ -77,8 +77,8 @@ def test_metadata_round_trip(
     assert metadata.source == str(lite0_checkpoint) and len(metadata.source_sha256) == 64
     assert metadata.config["backbone"] == "efficientnet_lite0"
     assert ExportMetadata.from_props(metadata.to_props(), "again") == metadata
-    model, categories = load_model(lite0_onnx)
-    assert isinstance(model, OnnxMaskRCNN) and categories == lite0_categories and model.num_classes == 2
+    model = load_model(lite0_onnx)
+    assert isinstance(model, OnnxMaskRCNN) and model.categories == lite0_categories and model.num_classes == 2
 
 
 def test_onnx_runtime_threads_follow_torch_unless_given(lite0_onnx: Path) -> None:

@@ -11,9 +11,9 @@ import torch
 from instaseg.cli.main import main
 from instaseg.export import ExportError, read_metadata
 from instaseg.export.quantize import calibration_images, quantize_onnx
-from instaseg.inference.onnx_backend import OnnxMaskRCNN
 from instaseg.models import MaskRCNN
 from instaseg.models.norm import FrozenBatchNorm2d, fold_frozen_batchnorm
+from instaseg.models.onnx_runtime import OnnxMaskRCNN
 
 pytest.importorskip("onnxruntime")
 

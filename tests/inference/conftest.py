@@ -1,14 +1,13 @@
-"""A stand-in model for inference tests: exact, fast and deterministic, with Mask R-CNN's output contract.
+"""A stand-in model for inference tests: exact, fast and deterministic, a `SegmentationModel`.
 
 `ThresholdSegmenter` finds the 8-connected regions of bright pixels (channel mean > 0.5) of each image and
-returns them as `Instances` exactly as `MaskRCNN` does in eval mode: boxes in original-image pixels, label 1,
+returns them as `Instances` exactly as `MaskRCNN.detect` does: boxes in original-image pixels, label 1,
 a score per region, 28x28 `mask_logits` of the region inside its box, and masks pasted from those logits.
-Like Mask R-CNN it resizes its input first (`transform.min_size` / `max_size`) so scale TTA has an effect.
+Like Mask R-CNN it resizes its input first (`min_size` / `max_size` times `DetectOptions.input_scale`) so
+scale TTA has an effect.
 """
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,29 +16,50 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions
 from instaseg.ops import paste_masks_in_image
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
 
 
 class ThresholdSegmenter(nn.Module):
-    def __init__(self, min_size: int | None = None, max_size: int = 100_000, label: int = 1) -> None:
+    def __init__(
+        self, min_size: int | None = None, max_size: int = 100_000, label: int = 1, num_classes: int = 3
+    ) -> None:
         super().__init__()
-        self.transform = SimpleNamespace(min_size=(min_size,) if min_size else (0,), max_size=max_size)
+        self.min_size = min_size or 0
+        self.max_size = max_size
         self.label = label
+        self._num_classes = num_classes  # background + 2 by default; `label` may lie outside (a bad model)
         self.calls: list[int] = []  # batch size of every call
+        self.categories = None
+        self.operating_point = None
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    def summary(self) -> dict[str, object]:
+        return {"family": "threshold", "backbone": None, "num_classes": self.num_classes}
+
+    def batch_key(self, image_size: tuple[int, int], options: DetectOptions) -> tuple[int, int]:
+        return image_size
 
     def forward(self, images: list[torch.Tensor]) -> list[Instances]:
-        self.calls.append(len(images))
-        return [self._segment(image) for image in images]
+        return self.detect(images)
 
-    def _segment(self, image: torch.Tensor) -> Instances:
+    def detect(
+        self, images: list[torch.Tensor], options: DetectOptions = DEFAULT_DETECT_OPTIONS
+    ) -> list[Instances]:
+        self.calls.append(len(images))
+        return [self._segment(image, options.input_scale) for image in images]
+
+    def _segment(self, image: torch.Tensor, input_scale: float) -> Instances:
         height, width = image.shape[-2:]
         scale = 1.0
-        if self.transform.min_size[-1]:
-            scale = min(
-                self.transform.min_size[-1] / min(height, width), self.transform.max_size / max(height, width)
-            )
+        if self.min_size:
+            min_size, max_size = round(self.min_size * input_scale), round(self.max_size * input_scale)
+            scale = min(min_size / min(height, width), max_size / max(height, width))
         resized = (
             image if scale == 1.0 else F.interpolate(image[None], scale_factor=scale, mode="bilinear")[0]
         )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from instaseg.inference.postprocess import PostprocessOptions, postprocess
-from instaseg.models.transform import MASK_THRESHOLD
+from instaseg.models.protocol import MASK_THRESHOLD
 from instaseg.ops import paste_masks_in_image
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks, encode_rle

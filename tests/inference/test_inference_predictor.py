@@ -7,11 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from instaseg.engine.checkpoint import save_model_file
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.io.images import ImageReadError
-from instaseg.models import WeightsError, build
+from instaseg.models import WeightsError, build, save_weights
 
 DISCS = [(20.0, 30.0, 8.0), (40.0, 70.0, 10.0)]
 
@@ -78,7 +77,10 @@ def test_batches_only_join_images_that_pad_to_the_same_size(tiny_model_checkpoin
     images = [torch.rand(3, *size, generator=generator) for size in [(64, 64), (40, 90), (64, 64)]]
     batched_predictor = Predictor(tiny_model_checkpoint, tiling=None, batch_size=3)
     calls = []
-    batched_predictor.model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    detect = batched_predictor.model.detect
+    batched_predictor.model.detect = lambda images, *options: (
+        calls.append(len(images)) or detect(images, *options)
+    )
     batched = batched_predictor.predict_tensors(images)
     assert calls == [2, 1]
     single = Predictor(tiny_model_checkpoint, tiling=None)
@@ -125,10 +127,8 @@ def test_instaseg_checkpoint_with_categories(tmp_path, dsb_root, dsb_image_ids):
     torch.manual_seed(0)
     model = small_model()
     categories = [{"id": 5, "name": "nucleus"}, {"id": 9, "name": "debris"}]
-    save_model_file(
-        tmp_path / "model.pt",
-        {"config": model.config.to_dict(), "model": model.state_dict(), "categories": categories},
-    )
+    model.categories = categories
+    save_weights(model, tmp_path / "model.pt")
     predictor = Predictor(tmp_path / "model.pt", postprocess=PostprocessOptions(score_threshold=0.0))
     assert predictor.class_names == {5: "nucleus", 9: "debris"}
     image_id = dsb_image_ids[0]
@@ -141,10 +141,12 @@ def test_instaseg_checkpoint_with_categories(tmp_path, dsb_root, dsb_image_ids):
     assert (result.boxes[:, 0::2] <= width).all() and (result.boxes[:, 1::2] <= height).all()
     assert torch.all(result.scores[:-1] >= result.scores[1:])
     assert result.masks.bitmaps().shape == (len(result), height, width)
-    # The same weights as a module give the same result (before the label mapping).
+    # The same weights as a module give the same result: with its categories, or model classes without.
     direct = Predictor(model, postprocess=PostprocessOptions(score_threshold=0.0)).predict(path)
-    assert torch.equal(direct.boxes, result.boxes)
-    assert torch.equal(torch.tensor([0, 5, 9])[direct.labels], result.labels)
+    assert torch.equal(direct.boxes, result.boxes) and torch.equal(direct.labels, result.labels)
+    model.categories = None
+    unnamed = Predictor(model, postprocess=PostprocessOptions(score_threshold=0.0)).predict(path)
+    assert torch.equal(torch.tensor([0, 5, 9])[unnamed.labels], result.labels)
 
 
 def test_torchvision_state_dict_gets_coco_names(tmp_path):
@@ -166,7 +168,7 @@ def test_bad_model_sources(tmp_path, make_segmenter):
     with pytest.raises(FileNotFoundError, match="neither a file nor a model name"):
         Predictor(tmp_path / "nothing.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(WeightsError, match="neither an instaseg checkpoint"):
+    with pytest.raises(WeightsError, match="neither an instaseg model file"):
         Predictor(tmp_path / "other.pt")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="broken.pt: cannot read weights"):

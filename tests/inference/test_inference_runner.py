@@ -109,14 +109,14 @@ def test_per_image_outputs(tmp_path, image_folder, make_segmenter):
 
 def test_an_interrupted_run_keeps_every_finished_image(tmp_path, image_folder, make_segmenter):
     model = make_segmenter()
-    original = model.forward
+    original = model.detect
 
-    def forward(images):
+    def detect(images, *options):
         if len(model.calls) == 2:
             raise KeyboardInterrupt
-        return original(images)
+        return original(images, *options)
 
-    model.forward = forward
+    model.detect = detect
     inputs = [image_folder / "two.png", image_folder / "sub" / "one.png", image_folder / "sub" / "two.png"]
     with pytest.raises(KeyboardInterrupt):
         predict_files(inputs, tmp_path / "out", Predictor(model, tiling=None))
@@ -127,14 +127,14 @@ def test_an_interrupted_run_keeps_every_finished_image(tmp_path, image_folder, m
 
 def test_a_model_error_on_one_image_of_a_batch(tmp_path, image_folder, make_segmenter):
     model = make_segmenter()
-    original = model.forward
+    original = model.detect
 
-    def forward(images):
+    def detect(images, *options):
         if any(image.shape[-1] == 50 for image in images):
             raise ValueError("image too odd for this model")
-        return original(images)
+        return original(images, *options)
 
-    model.forward = forward
+    model.detect = detect
     inputs = [image_folder / "two.png", image_folder / "sub" / "two.png", image_folder / "sub" / "one.png"]
     summary = predict_files(inputs, tmp_path / "out", Predictor(model, tiling=None, batch_size=3))
     assert summary.images == 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from instaseg.inference.predictor import Predictor
-from instaseg.inference.tta import TTAOptions, flip_instances, fuse_views, model_input_scale
+from instaseg.inference.tta import TTAOptions, flip_instances, fuse_views
+from instaseg.models import build
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
 
@@ -104,11 +104,10 @@ def test_flip_tta_agrees_with_a_flip_equivariant_model(make_segmenter, make_disc
         assert (mask & other).sum() / (mask | other).sum() > 0.95
 
 
-def test_scale_tta_changes_the_model_input_size_and_restores_it(make_segmenter, make_disc_image):
+def test_scale_tta_runs_one_call_per_scale(make_segmenter, make_disc_image):
     image = make_disc_image(80, 120, [(40, 60, 15)])
     model = make_segmenter(min_size=80, max_size=1000)
     result = Predictor(model, tiling=None, tta=TTAOptions(flip=False, scales=(0.5, 2.0))).predict(image)
-    assert model.transform.min_size == (80,) and model.transform.max_size == 1000
     assert model.calls == [1, 1]
     assert len(result) == 1
     truth = make_disc_image(80, 120, [(40, 60, 15)])[:, :, 0] > 0
@@ -116,16 +115,21 @@ def test_scale_tta_changes_the_model_input_size_and_restores_it(make_segmenter, 
     assert (mask & truth).sum() / (mask | truth).sum() > 0.85
 
 
-def test_model_input_scale_needs_a_transform():
-    with model_input_scale(nn.Identity(), 1.0):
-        pass
-    with (
-        pytest.raises(ValueError, match="scale TTA needs a model whose `transform`"),
-        model_input_scale(nn.Identity(), 1.5),
-    ):
-        pass
+def test_scales_must_be_positive():
     with pytest.raises(ValueError, match="scales must be positive"):
         TTAOptions(scales=(1.0, 0.0))
+
+
+def test_scale_tta_leaves_a_shared_mask_rcnn_unchanged():
+    """Scale TTA passes the scale per call: a second predictor sharing the model sees the model as built."""
+    model = build("maskrcnn_resnet18_fpn", min_size=64, max_size=96, num_classes=2, box_score_thresh=0.0)
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    plain = Predictor(model, tiling=None)
+    before = plain.predict(image)
+    Predictor(model, tiling=None, tta=TTAOptions(flip=False, scales=(0.5, 1.5))).predict(image)
+    after = plain.predict(image)
+    assert model.transform.min_size == (64,) and model.transform.max_size == 96
+    assert torch.equal(before.boxes, after.boxes) and torch.equal(before.scores, after.scores)
 
 
 def test_no_detections_in_any_view(make_segmenter):

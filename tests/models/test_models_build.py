@@ -1,4 +1,4 @@
-"""`build` by name, config file and checkpoint; weights loading, saving and its errors."""
+"""`build` by name and config file; weights loading, saving (model files) and their errors."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import instaseg
 from instaseg.models import (
     MODEL_CONFIGS,
     ConfigError,
     MaskRCNN,
     MaskRCNNConfig,
+    ModelFile,
+    OperatingPoint,
     WeightsError,
     build,
+    load_model,
     load_weights,
     save_weights,
 )
@@ -54,9 +58,15 @@ def test_saved_checkpoint_restores_architecture_and_outputs(tmp_path: Path) -> N
     torch.manual_seed(0)
     model = build("maskrcnn_resnet18_fpn", box_score_thresh=0.0, **SMALL)
     path = tmp_path / "model.pt"
-    save_weights(model, path)
-    restored = build(path)
+    model.categories = [{"id": 4, "name": "cell"}, {"id": 9, "name": "debris"}]
+    model.operating_point = OperatingPoint(0.6, 0.55, "a sweep on training images")
+    save_weights(model, path, provenance={"data": "synthetic"})
+    restored = load_model(path)
     assert restored.config == model.config
+    assert restored.categories == model.categories and restored.operating_point == model.operating_point
+    assert ModelFile.read(path).provenance == {"instaseg_version": instaseg.__version__, "data": "synthetic"}
+    with pytest.raises(ConfigError, match=r"model\.pt is a model file, not an architecture: load it with"):
+        build(path)
     image = torch.rand(3, 48, 64)
     with torch.no_grad():
         (expected,), (actual,) = model([image]), restored([image])
@@ -113,7 +123,9 @@ def test_unreadable_or_unknown_sources(tmp_path: Path) -> None:
         build("maskrcnn_resnet18_fpn", weights=corrupt)
     plain = tmp_path / "plain.pt"
     torch.save({"conv.weight": torch.zeros(1)}, plain)
-    with pytest.raises(WeightsError, match="plain.pt: a plain state dict carries no architecture"):
-        build(plain)
+    with pytest.raises(WeightsError, match="plain.pt: neither an instaseg model file"):
+        load_model(plain)
+    with pytest.raises(WeightsError, match="plain.pt: not an instaseg model file .* carries no architecture"):
+        ModelFile.read(plain)
     with pytest.raises(ConfigError, match="unknown key 'box_thresh'"):
         build("maskrcnn_resnet18_fpn", box_thresh=0.5)

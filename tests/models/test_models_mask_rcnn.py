@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from instaseg.models import build
-from instaseg.models.transform import MASK_THRESHOLD
+from instaseg.models.protocol import MASK_THRESHOLD
 from instaseg.ops import paste_masks_in_image
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from instaseg.cli.main import main
 from instaseg.data.mask_folders import read_mask_folders
-from instaseg.inference.default_model import default_model_path, held_out_samples_path
 from instaseg.inference.predictor import Predictor
 from instaseg.models.build import read_weights
+from instaseg.models.default_model import default_model_path, held_out_samples_path
 
 
 def _samples():

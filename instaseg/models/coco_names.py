@@ -99,8 +99,3 @@ COCO_CATEGORY_NAMES: tuple[str, ...] = (
     "hair drier",
     "toothbrush",
 )
-
-
-def coco_categories() -> dict[int, str]:
-    """COCO `category_id -> name` for the 80 used ids (what a torchvision-layout checkpoint predicts)."""
-    return {i: name for i, name in enumerate(COCO_CATEGORY_NAMES) if i > 0 and name != "N/A"}

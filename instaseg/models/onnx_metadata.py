@@ -1,5 +1,8 @@
 """What an exported ONNX file says about itself: the `instaseg.*` entries of the model's `metadata_props`.
 
+Written by `instaseg.export` and read by `instaseg.models.onnx_runtime` (which runs the file), so it lives
+below both.
+
 Every value is a string; structured values are JSON. The keys (see `ExportMetadata` for their meaning):
 
     instaseg.format_version   the graph contract below; a reader refuses any other version
@@ -14,6 +17,7 @@ Every value is a string; structured values are JSON. The keys (see `ExportMetada
     instaseg.bn_folded        "true" when frozen batch norm was folded into the convolutions
     instaseg.quantization     "none", "int8-dynamic" or "int8-static"
     instaseg.config           JSON of the model's MaskRCNNConfig (null for a model built without one)
+    instaseg.operating_point  JSON `OperatingPoint.to_dict()` of the model file, or null (older files lack it)
 
 Graph contract of format version 1: one input `image (1, 3, h, w) float32`, the image resized (short side to
 `min_size`, long side at most `max_size`) and normalised with `image_mean` / `image_std`, not padded; outputs
@@ -24,18 +28,38 @@ box, by decreasing score.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from types import ModuleType
 from typing import Any
 
 from instaseg import __version__
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked (bad opset, missing onnx packages, a failed trace)."""
+
 
 FORMAT_VERSION = 1
 PREFIX = "instaseg."
 INPUT_NAMES = ("image",)
 OUTPUT_NAMES = ("boxes", "scores", "labels", "mask_logits")
 QUANTIZATION_KINDS = ("none", "int8-dynamic", "int8-static")
+
+
+def require_onnx() -> ModuleType:
+    """The `onnx` module, or an `ExportError` saying how to install the ONNX extra."""
+    try:
+        for name in ("onnxscript", "onnxruntime"):
+            importlib.import_module(name)
+        return importlib.import_module("onnx")
+    except ImportError as error:
+        raise ExportError(
+            f"ONNX export and the ONNX Runtime backend need onnx, onnxscript and onnxruntime ({error}): "
+            "pip install 'instaseg[onnx]'"
+        ) from None
 
 
 class OnnxModelError(ValueError):
@@ -65,6 +89,7 @@ class ExportMetadata:
     bn_folded: bool = False
     quantization: str = "none"
     config: dict[str, Any] | None = None
+    operating_point: dict[str, Any] | None = None
     version: str = __version__
     format_version: int = FORMAT_VERSION
     extra: dict[str, str] = field(default_factory=dict)
@@ -96,6 +121,7 @@ class ExportMetadata:
             "bn_folded": "true" if self.bn_folded else "false",
             "quantization": self.quantization,
             "config": json.dumps(self.config),
+            "operating_point": json.dumps(self.operating_point),
         }
         return {PREFIX + key: value for key, value in {**values, **self.extra}.items()}
 
@@ -136,6 +162,7 @@ class ExportMetadata:
                 bn_folded=props.get(PREFIX + "bn_folded") == "true",
                 quantization=props.get(PREFIX + "quantization", "none"),
                 config=json.loads(props.get(PREFIX + "config", "null")),
+                operating_point=json.loads(props.get(PREFIX + "operating_point", "null")),
                 version=props.get(PREFIX + "version", ""),
                 extra={
                     key[len(PREFIX) :]: value
@@ -166,8 +193,6 @@ def write_metadata(model_proto: Any, metadata: ExportMetadata) -> None:
 
 def read_metadata(path: str) -> ExportMetadata:
     """The checked metadata of the ONNX file at `path` (raises `OnnxModelError` for a foreign file)."""
-    from instaseg.export.onnx_export import require_onnx
-
     onnx = require_onnx()
     try:
         model_proto = onnx.load(str(path), load_external_data=False)

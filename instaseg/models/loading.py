@@ -1,0 +1,91 @@
+"""`load_model(source)`: the one way to get a `SegmentationModel` from anything that names one.
+
+Sources, tried in this order:
+- a model object that implements the protocol: returned as it is;
+- None: the bundled default model (`instaseg.models.default_model`);
+- a name of `MODEL_CONFIGS` or a model-config file (`.yaml` / `.yml` / `.json`): random weights, for tests,
+  timing and training starts;
+- an `.onnx` file written by `instaseg export`: run on ONNX Runtime (`OnnxMaskRCNN`);
+- a model file (`instaseg.models.model_file`, training checkpoints included; old version-1 files too);
+- a torchvision-layout Mask R-CNN state dict (torchvision's published COCO weights): COCO's categories when
+  it has COCO's 91 classes.
+Every model comes back in eval mode on the CPU, with its `categories` and `operating_point` set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from instaseg.models.build import CONFIG_SUFFIXES, MODEL_CONFIGS, build, load_weights, resolve_config
+from instaseg.models.coco_names import COCO_CATEGORY_NAMES
+from instaseg.models.config import MaskRCNNConfig
+from instaseg.models.default_model import default_model_path
+from instaseg.models.mask_rcnn import MaskRCNN
+from instaseg.models.model_file import ModelFile, WeightsError, read_weights
+from instaseg.models.protocol import SegmentationModel
+
+ModelSource = SegmentationModel | str | Path | None
+# The classifier weight of a torchvision-layout state dict: its first dimension is the number of classes.
+_CLASSIFIER_KEY = "roi_heads.box_predictor.cls_score.weight"
+
+
+def load_model(source: ModelSource = None) -> SegmentationModel:
+    """The model `source` names (see the module docstring). Raises `FileNotFoundError` for a missing file,
+    `WeightsError` / `ConfigError` / `OnnxModelError` (all `ValueError`s) naming the file and the problem."""
+    if isinstance(source, SegmentationModel):
+        return source
+    if source is None:
+        source = default_model_path()
+    if isinstance(source, str) and source in MODEL_CONFIGS:
+        return build(source)
+    path = Path(source)
+    if path.suffix in CONFIG_SUFFIXES:
+        return build(resolve_config(path))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model {str(source)!r} is neither a file nor a model name ({', '.join(MODEL_CONFIGS)})"
+        )
+    if path.suffix == ".onnx":
+        from instaseg.models.onnx_runtime import (
+            OnnxMaskRCNN,  # onnxruntime only when an ONNX file is asked for
+        )
+
+        return OnnxMaskRCNN(path)
+    data = read_weights(path)
+    if "config" in data:
+        return model_from_file(ModelFile.from_dict(data, str(path)), str(path))
+    return _torchvision_state_dict(data, path)
+
+
+def model_from_file(model_file: ModelFile, source: str = "model file") -> SegmentationModel:
+    """Build the family's model from a `ModelFile`, load its weights strictly, set categories and operating
+    point. The one place that knows which constructor each family's file needs."""
+    if model_file.family == "mask_rcnn":
+        config = MaskRCNNConfig.from_dict(model_file.config, source=f"{source} (config)")
+        model = build(config)
+        load_weights(model, model_file.state_dict, source)
+    else:  # ModelFile refuses unknown families; a new family adds its branch here
+        raise WeightsError(f"{source}: no constructor for model family {model_file.family!r}")
+    model.categories = model_file.categories
+    model.operating_point = model_file.operating_point
+    if model.categories is not None and len(model.categories) != model.num_classes - 1:
+        raise WeightsError(
+            f"{source}: {len(model.categories)} categories for a model with {model.num_classes - 1} classes "
+            "(plus background)"
+        )
+    return model.eval()
+
+
+def _torchvision_state_dict(state_dict: dict[str, Any], path: Path) -> MaskRCNN:
+    if _CLASSIFIER_KEY not in state_dict:
+        raise WeightsError(
+            f"{path}: neither an instaseg model file (no 'config') nor a torchvision-layout Mask R-CNN state "
+            f"dict (no {_CLASSIFIER_KEY!r})"
+        )
+    num_classes = int(state_dict[_CLASSIFIER_KEY].shape[0])
+    model = build("maskrcnn_resnet50_fpn", weights=state_dict, num_classes=num_classes)
+    if num_classes == len(COCO_CATEGORY_NAMES):
+        # torchvision's COCO models predict the COCO category id itself as the class (91 slots, some unused).
+        model.categories = [{"id": i, "name": name} for i, name in enumerate(COCO_CATEGORY_NAMES) if i > 0]
+    return model
