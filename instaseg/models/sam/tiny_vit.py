@@ -92,7 +92,8 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         index = attention_bias_index(window)
-        self.attention_biases = nn.Parameter(torch.zeros(num_heads, int(index.max()) + 1))
+        # One bias per offset (|dy|, |dx|), each in 0..window-1: window^2 of them.
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
         self.register_buffer("attention_bias_idxs", index, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
