@@ -54,7 +54,10 @@ def main() -> int:
     parser.add_argument("--train-images", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    predictor = Predictor(args.model)
+    # Every detection (COCO's 0.05): the thresholds are applied per grid point below.
+    predictor = Predictor(
+        args.model, postprocess=PostprocessOptions(score_threshold=0.05, mask_threshold=0.5)
+    )
     train = json.loads(args.train.read_text())
     entries = sorted(train["images"], key=lambda entry: entry["id"])[: args.train_images]
     ids = {entry["id"] for entry in entries}

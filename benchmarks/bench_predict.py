@@ -32,12 +32,15 @@ import torch
 
 from instaseg.evaluation import evaluate_coco
 from instaseg.evaluation.report import evaluate
+from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.runner import OutputOptions, predict_files
 from instaseg.inference.tta import TTAOptions
 from instaseg.io.images import load_image, read_image_size, to_tensor
 
 DSB_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018" / "stage1_train"
+# AP needs every detection: COCO's 0.05, not the model's operating point.
+EVERY_DETECTION = PostprocessOptions(score_threshold=0.05, mask_threshold=0.5)
 TTA_CONFIGS = {
     "none": None,
     "flip": TTAOptions(flip=True),
@@ -107,7 +110,7 @@ def tta_accuracy(
     gt = json.loads(gt_path.read_text())
     entries = gt["images"][:max_images] if max_images else gt["images"]
     subset = {**gt, "images": entries}
-    base = Predictor(model)
+    base = Predictor(model, postprocess=EVERY_DETECTION)
     print(
         f"model {model}; {len(entries)} images of {gt_path}; max_dets {max_dets}; DSB score of the "
         f"detections scoring >= {dsb_min_score}\n"
@@ -116,7 +119,7 @@ def tta_accuracy(
     print("|---|---|---|---|---|---|---|---|")
     reference = None
     for name, tta in TTA_CONFIGS.items():
-        predictor = Predictor(base.model, tta=tta, categories=base.categories or None)
+        predictor = Predictor(base.model, tta=tta, postprocess=EVERY_DETECTION)
         results = []
         start = time.perf_counter()
         for entry in entries:
