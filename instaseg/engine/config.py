@@ -25,7 +25,7 @@ import yaml
 
 from instaseg.data.augment import AugmentConfig
 from instaseg.data.convert import SOURCE_FORMATS
-from instaseg.engine.config_schema import ConfigError, parse_section, parse_yaml, section_to_dict
+from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml, section_to_dict
 from instaseg.engine.optim import OptimConfig
 from instaseg.engine.schedule import ScheduleConfig
 from instaseg.io.atomic import atomic_write

@@ -12,15 +12,12 @@ from typing import Any
 import yaml
 
 from instaseg.io.atomic import atomic_write
+from instaseg.io.config_schema import ConfigError, parse_yaml
 from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS
 from instaseg.models.norm import NORM_KINDS
 from instaseg.models.resnet import RESNET_DEPTHS
 
 BACKBONES = ("resnet", "efficientnet_lite0")
-
-
-class ConfigError(ValueError):
-    """A model config is malformed: the message names the file (if any), the key and the problem."""
 
 
 @dataclass
@@ -147,12 +144,12 @@ class MaskRCNNConfig:
         if not path.is_file():
             raise FileNotFoundError(f"model config not found: {path}")
         text = path.read_text()
+        if path.suffix != ".json":
+            return cls.from_dict(parse_yaml(text, str(path)), source=str(path))
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(
-                f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
-            ) from None
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON: {error}") from None
         return cls.from_dict(data, source=str(path))
 
 

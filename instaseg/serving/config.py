@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from instaseg.engine.config_schema import ConfigError, parse_section, parse_yaml
+from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml
 from instaseg.export.onnx_export import BACKENDS
 
 __all__ = [

@@ -75,3 +75,19 @@ def test_bad_files(tmp_path: Path) -> None:
         MaskRCNNConfig.load(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="must end in .yaml, .yml or .json"):
         MaskRCNNConfig().save(tmp_path / "model.txt")
+
+
+def test_model_yaml_reads_numbers_like_training_yaml(tmp_path):
+    """One YAML loader for every config: `1e-3` is a number in a model config, as in a training config."""
+    path = tmp_path / "model.yaml"
+    path.write_text("backbone_depth: 18\nfrozen_bn_eps: 1e-3\n")
+    assert MaskRCNNConfig.load(path).frozen_bn_eps == 1e-3
+
+
+def test_one_config_error_for_model_training_and_serving_configs():
+    from instaseg.engine import config as training_config
+    from instaseg.io import config_schema
+    from instaseg.serving import config as serving_config
+
+    assert ConfigError is config_schema.ConfigError is training_config.ConfigError
+    assert serving_config.ConfigError is ConfigError

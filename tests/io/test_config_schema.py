@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import pytest
 
-from instaseg.engine.config_schema import ConfigError, parse_section, parse_yaml, section_to_dict
+from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml, section_to_dict
 
 
 @dataclass

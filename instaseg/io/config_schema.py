@@ -1,4 +1,5 @@
-"""Checking a YAML mapping against a config dataclass: known keys only, each value of its annotated type.
+"""The one config schema of instaseg: YAML parsing and checking a mapping against a config dataclass (known
+keys only, each value of its annotated type), for model, training and serving configs alike.
 
 Each config section is a plain dataclass whose annotations say what a value may be (`int`, `float`, `bool`,
 `str`, `Literal[...]`, `X | None`, `tuple[T, ...]`, `tuple[T1, T2]`, `dict[str, Any]`, or another section
@@ -21,7 +22,8 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A training config that cannot be used: names the key and what was expected."""
+    """A model, training or serving config that cannot be used: names the file or key and what was
+    expected."""
 
 
 class _Loader(yaml.SafeLoader):
