@@ -64,6 +64,17 @@ def predict_tta(
     model: SegmentationModel, images: list[torch.Tensor], options: TTAOptions, mask_threshold: float
 ) -> list[Instances]:
     """Run every view of each (3, H, W) image through `model` (eval mode) and fuse them per image."""
+    return [
+        fuse_views(image_views, options.box_iou, mask_threshold)
+        for image_views in tta_views(model, images, options)
+    ]
+
+
+def tta_views(
+    model: SegmentationModel, images: list[torch.Tensor], options: TTAOptions
+) -> list[list[Instances]]:
+    """Per (3, H, W) image, the detections of each of its views mapped back to the image (not fused), in
+    view order: for each scale, the image, then its mirror when `options.flip`."""
     views: list[list[Instances]] = [[] for _ in images]
     for scale in options.scales:
         batch = list(images) + ([image.flip(-1) for image in images] if options.flip else [])
@@ -73,7 +84,7 @@ def predict_tta(
             views[index].append(outputs[index])
             if options.flip:
                 views[index].append(flip_instances(outputs[len(images) + index]))
-    return [fuse_views(image_views, options.box_iou, mask_threshold) for image_views in views]
+    return views
 
 
 def fuse_views(views: list[Instances], box_iou_threshold: float, mask_threshold: float) -> Instances:
