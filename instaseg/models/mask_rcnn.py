@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 from instaseg.models.backbone import BackboneWithFPN
+from instaseg.models.fpn import FPN_LEVEL_NAMES, FPN_LEVEL_STRIDES
 from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS, ModelInputError, prepare_images, prepare_targets
 from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions, OperatingPoint
 from instaseg.models.roi_heads import Detections, RoIHeads
@@ -110,6 +112,23 @@ class MaskRCNN(nn.Module):
                 self.detect_batch(batch, options), batch.image_sizes, original_sizes, strict=True
             )
         ]
+
+    def image_features(self, images: Sequence[Tensor]) -> Tensor:
+        """Pooled backbone features for diversity sampling (`instaseg.active`): `(3, H, W)` [0, 1] images ->
+        `(B, C)` float, C = the FPN's channels: each of P2..P5 averaged over the image's own (unpadded) cells,
+        then the four levels averaged. Eval mode."""
+        if self.training:
+            raise ModelInputError("image_features needs eval mode; call model.eval() first")
+        batch, _ = self.transform(prepare_images(list(images), self.max_image_pixels))
+        features = self.backbone(batch.tensors)
+        pooled = []
+        for index, (height, width) in enumerate(batch.image_sizes):
+            levels = [
+                features[name][index, :, : -(-height // stride), : -(-width // stride)].mean(dim=(1, 2))
+                for name, stride in zip(FPN_LEVEL_NAMES[:4], FPN_LEVEL_STRIDES[:4], strict=True)
+            ]
+            pooled.append(torch.stack(levels).mean(dim=0))
+        return torch.stack(pooled)
 
     def detect_batch(
         self, batch: ImageBatch, options: DetectOptions = DEFAULT_DETECT_OPTIONS
