@@ -5,7 +5,7 @@ x2 / y2 exclusive); masks are COCO compressed RLE (`counts` a string, as pycocot
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -135,7 +135,7 @@ class ModelVersionOut(BaseModel):
     role: Literal["production", "canary", "inactive"]
     state: Literal["serving", "loading", "failed", "not_loaded"]
     classes: list[CategoryOut]
-    architecture: dict[str, int | float | str | list[int]]
+    architecture: dict[str, Any]  # the model's summary() and operating point, as registered
     has_drift_reference: bool
     description: str
     created_at: str

@@ -22,6 +22,7 @@ from instaseg.inference.predictor import Predictor
 from instaseg.inference.tiling import TilingOptions
 from instaseg.io.files import file_sha256
 from instaseg.models.loading import load_model
+from instaseg.models.protocol import OperatingPoint
 from instaseg.serving.batching import BatchResult, DynamicBatcher
 from instaseg.serving.config import ServingConfig
 from instaseg.serving.drift import DriftMonitor, ReferenceStats
@@ -131,6 +132,16 @@ class ServedModel:
         """Queue one image; raises `BatcherClosed` once this version is being unloaded, `QueueFull` when
         overloaded."""
         return self._batcher.submit(job)
+
+    @property
+    def operating_point(self) -> OperatingPoint | None:
+        """The model file's recommended thresholds: a request that sets no score threshold gets its."""
+        return self._predictor.model.operating_point
+
+    @property
+    def mask_threshold(self) -> float:
+        """The mask probability this version's masks are cut at (the operating point's, else 0.5)."""
+        return float(self._predictor.postprocess_options.mask_threshold)
 
     @property
     def pending(self) -> int:

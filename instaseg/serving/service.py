@@ -165,12 +165,12 @@ class InferenceService:
     ) -> dict:
         began = time.perf_counter()
         instances = _without_fields(result.value)
-        instances = postprocess(
-            instances,
-            PostprocessOptions(
-                score_threshold=options.score_threshold, max_detections=options.max_detections
-            ),
-        )
+        # A request that sets no score threshold gets the model's operating point (its masks were cut at
+        # the operating point's mask threshold by the served predictor).
+        thresholds = PostprocessOptions(
+            score_threshold=options.score_threshold, max_detections=options.max_detections
+        ).resolved(served.model.operating_point)
+        instances = postprocess(instances, thresholds)
         body_instances = instances_to_json(instances, served.model.class_names, options.mask_format)
         scores = [item["score"] for item in body_instances]
         height, width = prepared.decoded.size
@@ -187,6 +187,10 @@ class InferenceService:
             "input_sha256": prepared.decoded.sha256,
             "image_size": {"height": height, "width": width},
             "instances": body_instances,
+            "thresholds": {
+                "score_threshold": thresholds.score_threshold,
+                "mask_threshold": served.model.mask_threshold,
+            },
             "timing": timing,
         }
         model, version = served.labels

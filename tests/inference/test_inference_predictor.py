@@ -10,7 +10,7 @@ from PIL import Image
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.io.images import ImageReadError
-from instaseg.models import WeightsError, build, save_weights
+from instaseg.models import OperatingPoint, WeightsError, build, save_weights
 
 DISCS = [(20.0, 30.0, 8.0), (40.0, 70.0, 10.0)]
 
@@ -173,3 +173,24 @@ def test_bad_model_sources(tmp_path, make_segmenter):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="broken.pt: cannot read weights"):
         Predictor(tmp_path / "broken.pt")
+
+
+def test_unset_thresholds_come_from_the_models_operating_point(make_segmenter, make_disc_image):
+    image = make_disc_image(60, 100, DISCS)
+    model = make_segmenter()
+    every = Predictor(model, tiling=None).predict(image)
+    assert len(every) == 2 and float(every.scores.min()) < 0.99
+    model.operating_point = OperatingPoint(score_threshold=float(every.scores.max()), mask_threshold=0.6)
+    predictor = Predictor(model, tiling=None)
+    assert (predictor.postprocess_options.score_threshold, predictor.postprocess_options.mask_threshold) == (
+        float(every.scores.max()),
+        0.6,
+    )
+    assert len(predictor.predict(image)) == 1
+    # A threshold the user sets wins over the operating point.
+    explicit = Predictor(model, tiling=None, postprocess=PostprocessOptions(score_threshold=0.05))
+    assert len(explicit.predict(image)) == 2 and explicit.postprocess_options.mask_threshold == 0.6
+
+
+def test_thresholds_without_an_operating_point_keep_every_detection():
+    assert PostprocessOptions().resolved(None) == PostprocessOptions(score_threshold=0.05, mask_threshold=0.5)
