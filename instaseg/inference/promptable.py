@@ -199,6 +199,8 @@ class SamPredictor:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int]:
         """Validated prompts in the model's input frame and the number of prompts B."""
         height, width = self.original_size
+        if points is None and labels is not None:
+            raise PromptError("labels given without points")
         if points is None and boxes is None and mask_input is None:
             raise PromptError("predict needs points (with labels), boxes or mask_input")
         coords = point_labels = box_tensor = masks_in = None
@@ -230,8 +232,6 @@ class SamPredictor:
             coords = scale_coords(coords, self.original_size, self.model.image_size).to(self.device)
             point_labels = point_labels.to(self.device, torch.int64)
             counts["points"] = coords.shape[0]
-        elif labels is not None:
-            raise PromptError("labels given without points")
         if boxes is not None:
             box_tensor = _as_float(boxes, "boxes")
             if box_tensor.ndim == 1:

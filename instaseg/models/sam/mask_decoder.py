@@ -14,6 +14,8 @@ as matrix products on channels-last tokens with a fused LayerNorm. Same arithmet
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -24,6 +26,21 @@ TRANSFORMER_DIM = 256
 NUM_HEADS = 8
 MLP_DIM = 2048
 NUM_MULTIMASK_OUTPUTS = 3
+
+
+@dataclass
+class DecoderState:
+    """`decode_tokens` output for B prompts: `iou (B, 4)`, `hyper (B, 4, 32)` mask weights, the updated image
+    `keys (B, h * w, 256)` and the embedding grid `size (h, w)`."""
+
+    iou: torch.Tensor
+    hyper: torch.Tensor
+    keys: torch.Tensor
+    size: tuple[int, int]
+
+    def select(self, prompts: torch.Tensor) -> DecoderState:
+        """The state of some prompts only (`prompts`: indices or a bool mask over B)."""
+        return DecoderState(self.iou[prompts], self.hyper[prompts], self.keys[prompts], self.size)
 
 
 class Attention(nn.Module):
@@ -166,18 +183,38 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All four outputs: masks `(B, 4, 256, 256)` logits, iou `(B, 4)`. A dense embedding of batch 1
         (no mask input) is shared by all B prompts."""
+        state = self.decode_tokens(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        return self.masks(state), state.iou
+
+    def decode_tokens(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> DecoderState:
+        """The transformer part: predicted IoU of the four outputs and what `masks` needs to draw them.
+
+        Split from `masks` so that a caller can drop prompts by predicted IoU before paying for the upscaling
+        (about a third of the decoder's time).
+        """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens[None].expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + dense_prompt_embeddings
         _, _, height, width = src.shape
         hs, keys = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
         hyper = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        return self._masks(keys, hyper, height, width), self.iou_prediction_head(iou_token_out)
+        return DecoderState(self.iou_prediction_head(hs[:, 0]), hyper, keys, (height, width))
+
+    def masks(self, state: DecoderState) -> torch.Tensor:
+        """Mask logits `(B, 4, 256, 256)` of a `decode_tokens` result (or of a subset of its prompts)."""
+        return self._masks(state.keys, state.hyper, *state.size)
 
     def _masks(self, keys: torch.Tensor, hyper: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """keys `(B, h * w, 256)`, hyper `(B, M, 32)` -> `(B, M, 4h, 4w)` mask logits.

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from instaseg.models.sam.mask_decoder import MaskDecoder
+from instaseg.models.sam.mask_decoder import DecoderState, MaskDecoder
 from instaseg.models.sam.prompt_encoder import PromptEncoder
 from instaseg.models.sam.tiny_vit import TinyViTImageEncoder
 from instaseg.models.sam.vit_encoder import IMAGE_SIZE, ViTConfig, ViTImageEncoder
@@ -69,6 +69,18 @@ class Sam(nn.Module):
         return self.mask_decoder(
             image_embedding, self.prompt_encoder.dense_pe(), sparse, dense, multimask_output
         )
+
+    def decode_state(
+        self,
+        image_embedding: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+    ) -> DecoderState:
+        """`decode`'s transformer part for all four outputs (arguments as `decode`): predicted IoU first, the
+        masks later through `mask_decoder.masks(state)`, for the prompts worth drawing."""
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        return self.mask_decoder.decode_tokens(image_embedding, self.prompt_encoder.dense_pe(), sparse, dense)
 
 
 def sam_vit(config: ViTConfig, arch: str = "vit_custom") -> Sam:
