@@ -6,6 +6,11 @@ up in that thread, while requests keep going to the versions already serving; th
 switched in one assignment, and versions no longer wanted finish their queued images and are unloaded. A
 version that fails to load is logged and counted (`instaseg_errors_total{kind="model_load"}`), and the
 previous production version keeps serving; loading is tried again at the next registry change.
+
+Checkpoints are fetched through the registry (`ModelRegistry.fetch_checkpoint`: a shared registry copies them
+into this replica's cache and checks their sha256). When the registry cannot be read (a database down, a
+network cut), the loaded versions keep serving and `is_ready` says not ready, with the reason, until a poll
+succeeds again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 
 from instaseg.serving.errors import BadInput, NotFound, Unavailable
 from instaseg.serving.metrics import ServingMetrics
-from instaseg.serving.registry import Deployment, ModelRegistry, ModelVersion
+from instaseg.serving.registry import Deployment, ModelRegistry, ModelVersion, RegistryError
 from instaseg.serving.served import ServedModel
 
 __all__ = ["ActiveModel", "DeploymentManager"]
@@ -66,6 +71,7 @@ class DeploymentManager:
         self._states: dict[Key, str] = {}  # "loading" | "serving" | "failed"
         self._failed_at: dict[Key, int] = {}  # revision at which loading failed
         self._revision: int | None = None
+        self._registry_problem: str | None = None  # why the last poll failed; None after a good one
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._sync_lock = threading.Lock()
@@ -92,6 +98,7 @@ class DeploymentManager:
                 served.close(self._unload_timeout_s)
             self._loaded.clear()
             self._active = {}
+        self.registry.close()
 
     def _follow(self) -> None:
         while not self._stop.is_set():
@@ -99,8 +106,13 @@ class DeploymentManager:
                 revision = self.registry.revision()
                 if revision != self._revision:
                     self.sync(revision)
-            except Exception:  # a locked or unreadable registry must not end the follower: retry next poll
-                _log.exception("reading the model registry failed")
+                if self._registry_problem is not None:
+                    _log.warning("the model registry %s is readable again", self.registry.location)
+                self._registry_problem = None
+            except Exception as exc:  # a locked or unreachable registry must not end the follower: retry
+                if self._registry_problem is None:  # logged once per outage, not at every poll
+                    _log.error("reading the model registry failed: %s: %s", type(exc).__name__, exc)
+                self._registry_problem = str(exc) if isinstance(exc, RegistryError) else repr(exc)
                 self.metrics.error("registry")
             finally:
                 self._synced.set()
@@ -138,7 +150,9 @@ class DeploymentManager:
             return
         self._states[key] = "loading"
         try:
-            served = self._load(self.registry.get(*key))
+            entry = self.registry.get(*key)
+            self.registry.fetch_checkpoint(entry)
+            served = self._load(entry)
         except (
             Exception
         ) as exc:  # any load failure (bad file, wrong classes, warm-up error) keeps the old one
@@ -204,9 +218,15 @@ class DeploymentManager:
         )
 
     def is_ready(self) -> tuple[bool, str | None]:
-        """Ready when the first load is done and every deployed model has a production version serving."""
+        """Ready when the first load is done, the registry's last poll succeeded and every deployed model
+        has a production version serving."""
         if not self._synced.is_set():
             return False, "models are loading"
+        if self._registry_problem is not None:
+            return (
+                False,
+                f"the model registry cannot be read (loaded models keep serving): {self._registry_problem}",
+            )
         if not self._deployments:
             return False, "no model is deployed in the registry"
         missing = [

@@ -10,6 +10,10 @@ Each model name has numbered versions (1, 2, ...). Its deployment says which ver
 any, gets a `canary_share` of the traffic. Every write bumps `revision` in the same transaction; a running
 service polls that one integer and reloads when it changes, so `instaseg models promote|rollback|set-canary`
 take effect without a restart. Several processes may use the registry at once: SQLite serialises the writers.
+
+`open_registry(location)` picks the backend from the location: a folder is this embedded registry; a
+`postgresql://` URL is the shared one of `registry_postgres.py` (service replicas on several machines). A URL
+of any other scheme is refused by name, never taken as a folder.
 """
 
 from __future__ import annotations
@@ -27,12 +31,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Deployment", "ModelRegistry", "ModelVersion", "RegistryError", "format_registry"]
+__all__ = [
+    "Deployment",
+    "ModelRegistry",
+    "ModelVersion",
+    "RegistryError",
+    "RegistryUnavailable",
+    "format_registry",
+    "open_registry",
+]
 
 DATABASE_NAME = "registry.sqlite"
 CHECKPOINT_FOLDER = "checkpoints"
 SCHEMA_VERSION = 1
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# "scheme:/..." or "scheme://...": a URL, not a folder. Two letters at least, so "C:/x" stays a Windows path;
+# one slash because `Path("postgresql://h/db")` keeps only one.
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+# Columns of `versions` in the order `_version_from_row` reads them.
+VERSION_COLUMNS = "name, version, checkpoint, sha256, classes, model_info, reference, description, created_at"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -68,6 +86,29 @@ class RegistryError(ValueError):
     """A registry operation that cannot be done: unknown model or version, bad name, unreadable registry."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry's database cannot be reached right now (a server down, a network cut): worth retrying."""
+
+
+def url_scheme(location: str | Path) -> str | None:
+    """The URL scheme of `location` (lower case), or None for a plain path."""
+    match = _URL_SCHEME.match(str(location))
+    return match.group(1).lower() if match else None
+
+
+def open_registry(location: str | Path, create: bool = True) -> ModelRegistry:
+    """The registry at `location`: a folder (the embedded SQLite registry) or a `postgresql://` URL (see
+    `instaseg.serving.registry_postgres.PostgresRegistry`). Raises `RegistryError` for a URL of another
+    scheme, naming it; `create=False` refuses a registry that does not exist yet."""
+    scheme = url_scheme(location)
+    if scheme in POSTGRES_SCHEMES:
+        # Imported here: psycopg is an optional extra, and only this backend needs it.
+        from instaseg.serving.registry_postgres import PostgresRegistry
+
+        return PostgresRegistry(str(location), create=create)
+    return ModelRegistry(location, create=create)
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One registered checkpoint.
@@ -80,7 +121,7 @@ class ModelVersion:
 
     name: str
     version: int
-    checkpoint: Path
+    checkpoint: Path  # where this process reads the file: `ModelRegistry.fetch_checkpoint` puts it there
     sha256: str
     classes: list[dict]
     model_info: dict[str, Any]
@@ -109,10 +150,21 @@ class Deployment:
 
 
 class ModelRegistry:
-    """Read and change the registry at `root` (created on first use when `create` is true)."""
+    """Read and change the registry at `root` (created on first use when `create` is true).
+
+    The statements are shared with `PostgresRegistry`, which overrides the connection, the schema and where
+    checkpoints are kept; they use `?` placeholders and SQL that SQLite and PostgreSQL both run.
+    """
 
     def __init__(self, root: str | Path, create: bool = True) -> None:
+        scheme = url_scheme(root)
+        if scheme is not None:
+            raise RegistryError(
+                f"model registry {str(root)!r}: unsupported URL scheme {scheme!r}; a registry is a folder "
+                "(embedded SQLite) or a postgresql:// URL"
+            )
         self.root = Path(root)
+        self.location = str(self.root)
         self.database = self.root / DATABASE_NAME
         if not self.database.is_file():
             if not create:
@@ -121,6 +173,10 @@ class ModelRegistry:
                     "`instaseg models register` creates one"
                 )
             self.root.mkdir(parents=True, exist_ok=True)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Create the tables of a new registry; check the schema version of an existing one."""
         schema = self._schema_version()
         if (
             schema is None
@@ -129,12 +185,14 @@ class ModelRegistry:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('revision', 0)")
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                db.execute("INSERT INTO meta VALUES ('revision', 0) ON CONFLICT DO NOTHING")
+                db.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", (SCHEMA_VERSION,)
+                )
                 schema = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         if schema != SCHEMA_VERSION:
             raise RegistryError(
-                f"{self.database}: schema version {schema}, this instaseg reads {SCHEMA_VERSION}"
+                f"{self.location}: schema version {schema}, this instaseg reads {SCHEMA_VERSION}"
             )
 
     # Reading ---------------------------------------------------------------------------------------------
@@ -151,7 +209,9 @@ class ModelRegistry:
     def versions(self, name: str) -> list[ModelVersion]:
         """Every version of `name`, oldest first; raises `RegistryError` for an unknown name."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,)).fetchall()
+            rows = db.execute(
+                f"SELECT {VERSION_COLUMNS} FROM versions WHERE name = ? ORDER BY version", (name,)
+            ).fetchall()
         if not rows:
             raise RegistryError(self._unknown_model(name))
         return [self._version_from_row(row) for row in rows]
@@ -159,7 +219,7 @@ class ModelRegistry:
     def get(self, name: str, version: int) -> ModelVersion:
         with self._connect() as db:
             row = db.execute(
-                "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
+                f"SELECT {VERSION_COLUMNS} FROM versions WHERE name = ? AND version = ?", (name, version)
             ).fetchone()
         if row is None:
             known = [v.version for v in self.versions(name)]
@@ -200,24 +260,20 @@ class ModelRegistry:
         source = Path(checkpoint)
         if not source.is_file():
             raise FileNotFoundError(f"checkpoint not found: {source}")
-        folder = self.root / CHECKPOINT_FOLDER / name
-        folder.mkdir(parents=True, exist_ok=True)
-        staged, sha256 = _copy_hashed(source, folder)
-        placed: Path | None = None
+        staged = self._stage_checkpoint(source, name)
+        placed: str | None = None
         try:
             with self._transaction() as db:
                 row = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
                 version = (row[0] or 0) + 1
-                relative = Path(CHECKPOINT_FOLDER) / name / f"v{version}.pt"
-                placed = self.root / relative
-                os.replace(staged, placed)
+                placed = self._place_checkpoint(staged, name, version)
                 db.execute(
                     "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         version,
-                        relative.as_posix(),
-                        sha256,
+                        placed,
+                        staged.sha256,
                         json.dumps(classes),
                         json.dumps(model_info),
                         None if reference is None else json.dumps(reference),
@@ -226,14 +282,16 @@ class ModelRegistry:
                     ),
                 )
                 if version == 1:
-                    db.execute("INSERT OR REPLACE INTO deployments VALUES (?, NULL, 0, ?)", (name, _now()))
+                    db.execute(
+                        "INSERT INTO deployments VALUES (?, NULL, 0, ?) ON CONFLICT (name) DO UPDATE SET "
+                        "canary_version = NULL, canary_share = 0, updated_at = excluded.updated_at",
+                        (name, _now()),
+                    )
                     self._push_production(db, name, version)
                 self._bump(db)
         except BaseException:
             # The transaction was rolled back: the copied checkpoint belongs to no version.
-            Path(staged).unlink(missing_ok=True)
-            if placed is not None:
-                placed.unlink(missing_ok=True)
+            self._discard_checkpoint(staged, placed)
             raise
         return self.get(name, version)
 
@@ -300,6 +358,31 @@ class ModelRegistry:
 
     # Internals -------------------------------------------------------------------------------------------
 
+    def fetch_checkpoint(self, entry: ModelVersion) -> Path:
+        """The local file of `entry`'s checkpoint (here: inside the registry folder, as registered)."""
+        return entry.checkpoint
+
+    def close(self) -> None:
+        """Release what is held open between calls (here nothing: each call opens the file)."""
+
+    def _stage_checkpoint(self, source: Path, name: str) -> StagedCheckpoint:
+        """Copy `source` into the registry before its version number is known (outside the transaction)."""
+        folder = self.root / CHECKPOINT_FOLDER / name
+        folder.mkdir(parents=True, exist_ok=True)
+        staged, sha256 = _copy_hashed(source, folder)
+        return StagedCheckpoint(sha256, Path(staged))
+
+    def _place_checkpoint(self, staged: StagedCheckpoint, name: str, version: int) -> str:
+        """Give the staged copy its final name (inside the transaction); returns the `checkpoint` column."""
+        relative = Path(CHECKPOINT_FOLDER) / name / f"v{version}.pt"
+        os.replace(staged.path, self.root / relative)
+        return relative.as_posix()
+
+    def _discard_checkpoint(self, staged: StagedCheckpoint, placed: str | None) -> None:
+        staged.path.unlink(missing_ok=True)
+        if placed is not None:
+            (self.root / placed).unlink(missing_ok=True)
+
     def _schema_version(self) -> int | None:
         """The registry's schema version, or None when its tables do not exist yet."""
         with self._connect() as db:
@@ -310,12 +393,11 @@ class ModelRegistry:
         return None if row is None else int(row[0])
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self) -> Iterator[Any]:
         try:
             db = sqlite3.connect(self.database, timeout=30.0, isolation_level=None)
         except sqlite3.Error as exc:
             raise RegistryError(f"cannot open model registry {self.database}: {exc}") from exc
-        db.row_factory = sqlite3.Row
         try:
             yield db
         except sqlite3.DatabaseError as exc:
@@ -324,7 +406,7 @@ class ModelRegistry:
             db.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Any]:
         """A write transaction that takes the write lock up front, so read-then-write cannot interleave."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -335,8 +417,10 @@ class ModelRegistry:
                 raise
             db.execute("COMMIT")
 
-    def _deployment(self, db: sqlite3.Connection, name: str) -> Deployment:
-        row = db.execute("SELECT * FROM deployments WHERE name = ?", (name,)).fetchone()
+    def _deployment(self, db: Any, name: str) -> Deployment:
+        row = db.execute(
+            "SELECT canary_version, canary_share FROM deployments WHERE name = ?", (name,)
+        ).fetchone()
         if row is None:
             raise RegistryError(self._unknown_model(name, db))
         history = tuple(
@@ -346,18 +430,18 @@ class ModelRegistry:
         return Deployment(
             name=name,
             production=history[-1] if history else None,
-            canary=row["canary_version"],
-            canary_share=float(row["canary_share"]) if row["canary_version"] is not None else 0.0,
+            canary=row[0],
+            canary_share=float(row[1]) if row[0] is not None else 0.0,
             history=history,
         )
 
-    def _push_production(self, db: sqlite3.Connection, name: str, version: int) -> None:
+    def _push_production(self, db: Any, name: str, version: int) -> None:
         row = db.execute("SELECT MAX(seq) FROM production_history WHERE name = ?", (name,)).fetchone()
         db.execute(
             "INSERT INTO production_history VALUES (?, ?, ?, ?)", (name, (row[0] or 0) + 1, version, _now())
         )
 
-    def _check_version(self, db: sqlite3.Connection, name: str, version: int) -> None:
+    def _check_version(self, db: Any, name: str, version: int) -> None:
         known = [
             r[0] for r in db.execute("SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))
         ]
@@ -367,28 +451,41 @@ class ModelRegistry:
             raise RegistryError(f"model {name!r} has no version {version}; versions: {known}")
 
     @staticmethod
-    def _bump(db: sqlite3.Connection) -> None:
+    def _bump(db: Any) -> None:
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
 
-    def _unknown_model(self, name: str, db: sqlite3.Connection | None = None) -> str:
+    def _unknown_model(self, name: str, db: Any | None = None) -> str:
         if db is None:
             known = self.names()
         else:
             known = [row[0] for row in db.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
-        return f"no model named {name!r} in registry {self.root}; registered: {known or 'none'}"
+        return f"no model named {name!r} in registry {self.location}; registered: {known or 'none'}"
 
-    def _version_from_row(self, row: sqlite3.Row) -> ModelVersion:
+    def _checkpoint_path(self, stored: str, sha256: str) -> Path:
+        """Where this process reads a checkpoint stored as `stored` (the `checkpoint` column)."""
+        return self.root / stored
+
+    def _version_from_row(self, row: tuple) -> ModelVersion:
+        name, version, stored, sha256, classes, model_info, reference, description, created_at = row
         return ModelVersion(
-            name=row["name"],
-            version=int(row["version"]),
-            checkpoint=self.root / row["checkpoint"],
-            sha256=row["sha256"],
-            classes=json.loads(row["classes"]),
-            model_info=json.loads(row["model_info"]),
-            reference=None if row["reference"] is None else json.loads(row["reference"]),
-            description=row["description"],
-            created_at=row["created_at"],
+            name=name,
+            version=int(version),
+            checkpoint=self._checkpoint_path(stored, sha256),
+            sha256=sha256,
+            classes=json.loads(classes),
+            model_info=json.loads(model_info),
+            reference=None if reference is None else json.loads(reference),
+            description=description,
+            created_at=created_at,
         )
+
+
+@dataclass(frozen=True)
+class StagedCheckpoint:
+    """A checkpoint copied into the registry's storage, waiting for its version: its hash and where it is."""
+
+    sha256: str
+    path: Path
 
 
 def _copy_hashed(source: Path, folder: Path) -> tuple[str, str]:
