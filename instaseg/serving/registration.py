@@ -12,7 +12,7 @@ from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.io.images import load_image
 from instaseg.serving.drift import ReferenceStats, image_statistics
-from instaseg.serving.registry import ModelRegistry, ModelVersion, RegistryError
+from instaseg.serving.registry import ModelVersion, RegistryError, open_registry
 
 __all__ = ["register_model"]
 
@@ -29,7 +29,8 @@ def register_model(
     reference_limit: int = 200,
     device: str = "cpu",
 ) -> ModelVersion:
-    """Add `checkpoint` to the registry at `registry_root` (created if needed) as the next version of `name`.
+    """Add `checkpoint` to the registry at `registry_root` (a folder or a `postgresql://` URL, see
+    `open_registry`; created if needed) as the next version of `name`.
 
     Classes come from `class_names` (ids 1..K), else from the checkpoint's `categories`, else are named
     `class_<k>`. `reference_images` (files, folders or glob patterns; the first `reference_limit` images in
@@ -37,6 +38,7 @@ def register_model(
     """
     if reference_limit < 1:
         raise ValueError(f"reference_limit must be >= 1, got {reference_limit}")
+    registry = open_registry(registry_root)  # first: a bad location or an unreachable database fails fast
     checkpoint = Path(checkpoint)
     keep_all = PostprocessOptions(score_threshold=0.0)
     predictor = Predictor(checkpoint, device=device, postprocess=keep_all, tiling=None)
@@ -47,7 +49,7 @@ def register_model(
         reference = _reference(predictor, reference_images, reference_limit).to_dict()
     info = dict(model.summary())
     info["operating_point"] = model.operating_point.to_dict() if model.operating_point else None
-    return ModelRegistry(registry_root).register(name, checkpoint, classes, info, reference, description)
+    return registry.register(name, checkpoint, classes, info, reference, description)
 
 
 def _classes(
