@@ -40,7 +40,7 @@ from instaseg.serving.limits import set_decompression_limit
 from instaseg.serving.metrics import ServingMetrics
 from instaseg.serving.middleware import BodyLimitMiddleware, MetricsMiddleware
 from instaseg.serving.model_listing import list_models
-from instaseg.serving.registry import ModelRegistry, ModelVersion
+from instaseg.serving.registry import ModelVersion, open_registry
 from instaseg.serving.sampling import PredictionSampler
 from instaseg.serving.schemas import (
     BatchPredictRequest,
@@ -101,7 +101,7 @@ def create_app(
 ) -> FastAPI:
     """Build the service for `config`. `load_model(entry, config, metrics)` makes a warmed-up `ServedModel`
     (default `load_served_model`); the registry must exist (`instaseg models register` creates it)."""
-    registry = ModelRegistry(config.registry_path, create=False)
+    registry = open_registry(config.registry, create=False)  # a folder or a postgresql:// URL
     metrics = ServingMetrics()
     load = load_model or load_served_model
     deployments = DeploymentManager(
