@@ -10,13 +10,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from instaseg.serving.registration import register_model
-from instaseg.serving.registry import Deployment, ModelRegistry, format_registry
+from instaseg.serving.registry import Deployment, format_registry, open_registry
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("models", help="manage the served model versions", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", type=Path, required=True, help="model registry folder")
+    common.add_argument(
+        "--registry", required=True, help="model registry: a folder (embedded SQLite) or a postgresql:// URL"
+    )
     commands = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
     register = commands.add_parser(
@@ -85,7 +87,7 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(args.registry, create=False)
+    registry = open_registry(args.registry, create=False)
     if args.json:
         print(json.dumps([asdict(d) for d in registry.deployments()], indent=2))
     else:
@@ -94,17 +96,17 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    _print(ModelRegistry(args.registry, create=False).promote(args.name, args.version))
+    _print(open_registry(args.registry, create=False).promote(args.name, args.version))
     return 0
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    _print(ModelRegistry(args.registry, create=False).rollback(args.name))
+    _print(open_registry(args.registry, create=False).rollback(args.name))
     return 0
 
 
 def run_set_canary(args: argparse.Namespace) -> int:
-    _print(ModelRegistry(args.registry, create=False).set_canary(args.name, args.version, args.share))
+    _print(open_registry(args.registry, create=False).set_canary(args.name, args.version, args.share))
     return 0
 
 
