@@ -2,9 +2,10 @@
 keys only, each value of its annotated type), for model, training and serving configs alike.
 
 Each config section is a plain dataclass whose annotations say what a value may be (`int`, `float`, `bool`,
-`str`, `Literal[...]`, `X | None`, `tuple[T, ...]`, `tuple[T1, T2]`, `dict[str, Any]`, or another section
-dataclass). This module walks those annotations, so every section gets the same precise messages: the full
-dotted key and the expected type. Range checks that go beyond types live in each section's `__post_init__`.
+`str`, `Literal[...]`, `X | None`, `tuple[T, ...]`, `tuple[T1, T2]`, `dict[str, Any]`, `dict[str, T]` (each
+value checked as `T` under the key `section.name`), or another section dataclass). This module walks those
+annotations, so every section gets the same precise messages: the full dotted key and the expected type. Range
+checks that go beyond types live in each section's `__post_init__`.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def check_value(annotation: Any, value: Any, key: str) -> Any:
             raise ConfigError(
                 f"config key '{key}' must be a mapping with string keys; got {_describe(value)}"
             )
+        if len(args) == 2 and args[1] is not Any:
+            return {k: check_value(args[1], v, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     if annotation is Any:
         return value

@@ -30,8 +30,10 @@ __all__ = [
     "ConfigError",
     "DriftConfig",
     "LimitsConfig",
+    "ModelSlo",
     "SamplingConfig",
     "ServingConfig",
+    "SloConfig",
     "load_serving_config",
     "serving_config",
 ]
@@ -146,6 +148,43 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class ModelSlo:
+    """The objectives of one model name over its predict requests (`/v1/predict`, `/v1/predict/batch`).
+
+    availability: share of requests answered without a server error (5xx; a client's 4xx does not count).
+    latency_p95_s: 95% of requests are answered within this many seconds (a bucket bound of
+        `instaseg_request_seconds`, checked when `instaseg slo rules` turns the objectives into rules).
+    """
+
+    availability: float = 0.999
+    latency_p95_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    """Service-level objectives per deployed model name (`models`), each with an error budget spent over
+    `period_days`. `instaseg slo rules` generates the Prometheus rules from them (docs/operations.md)."""
+
+    period_days: float = 30.0
+    models: dict[str, ModelSlo] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.period_days > 0:
+            raise ConfigError(f"slo.period_days must be > 0, got {self.period_days}")
+        for name, objective in self.models.items():
+            # 1 is impossible too: no error budget, so any single error is an infinite burn rate.
+            if not 0.0 < objective.availability < 1.0:
+                raise ConfigError(
+                    f"slo.models.{name}.availability must lie strictly between 0 and 1, got "
+                    f"{objective.availability}"
+                )
+            if not objective.latency_p95_s > 0:
+                raise ConfigError(
+                    f"slo.models.{name}.latency_p95_s must be > 0 seconds, got {objective.latency_p95_s}"
+                )
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """Everything `instaseg serve` needs. Only `registry` is required.
 
@@ -179,6 +218,7 @@ class ServingConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
