@@ -1,7 +1,9 @@
 """Prometheus metrics of the service (prometheus-client), labelled with the model version that served.
 
 Collectors live in a `CollectorRegistry` of their own (not the process-global one), so several apps in one
-process (tests, embedding) keep separate counts. Latency quantiles come from the histograms, e.g.
+process (tests, embedding) keep separate counts; the registry also carries prometheus-client's `process_*`
+metrics (start time, resident memory, CPU), which the restart / OOM alerts of `instaseg.serving.slo` read.
+Latency quantiles come from the histograms, e.g.
 `histogram_quantile(0.95, sum by (le, version) (rate(instaseg_request_seconds_bucket[5m])))`.
 
 `RollingSummary` keeps the last requests of one model version in memory for a quick canary-versus-production
@@ -21,6 +23,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -118,6 +121,15 @@ class ServingMetrics:
             ("model",),
             registry=self.registry,
         )
+        # Defined for the alerting rules and the dashboard; nothing increments it yet: the automatic canary
+        # analysis of issue #20 part 2 will, once per canary it rolls back (reason: error_rate, latency, ...).
+        self.canary_rollbacks = Counter(
+            "instaseg_canary_rollbacks",
+            "Canaries rolled back automatically, by reason (none yet: automatic rollback is still to come)",
+            ("model", "version", "reason"),
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
 
     def observe_request(self, route: str, status: int, model: str, version: str, seconds: float) -> None:
         self.requests.labels(route, str(status), model, version).inc()
