@@ -29,7 +29,8 @@ from prometheus_client import (
 
 __all__ = ["RollingSummary", "ServingMetrics"]
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Upper bounds (seconds) of the latency histograms; an SLO latency threshold must be one of them.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _INSTANCE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -52,21 +53,21 @@ class ServingMetrics:
             "instaseg_request_seconds",
             "Wall time from request arrival to response, by route",
             ("route", *model),
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.model_seconds = Histogram(
             "instaseg_model_seconds",
             "Wall time of one model call (a whole batch)",
             model,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.queue_seconds = Histogram(
             "instaseg_queue_seconds",
             "Time an image waited in the batching queue before its model call started",
             model,
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.batch_size = Histogram(
