@@ -7,10 +7,22 @@ import sys
 
 from instaseg import __doc__ as PACKAGE_DOC
 from instaseg import __version__
-from instaseg.cli import convert, demo, evaluate, export, models, plot_metrics, predict, serve, split, train
+from instaseg.cli import (
+    convert,
+    demo,
+    evaluate,
+    export,
+    models,
+    plot_metrics,
+    predict,
+    serve,
+    slo,
+    split,
+    train,
+)
 
 # Each module defines `add_parser(subparsers)`; the parser it adds sets `func(args) -> int` (the exit code).
-COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models, export]
+COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models, slo, export]
 
 
 def build_parser() -> argparse.ArgumentParser:
