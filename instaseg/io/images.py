@@ -12,6 +12,7 @@ Every model, dataset and tool in instaseg calls `load_image`, so the conversion 
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
     "images_in_folder",
     "is_image_file",
     "load_image",
+    "load_image_bytes",
     "read_image_size",
     "to_tensor",
 ]
@@ -69,14 +71,25 @@ def load_image(source: ImageSource) -> np.ndarray:
     if isinstance(source, str | Path):
         path = Path(source)
         with _open_checked(path) as image:
-            try:
-                image.load()  # force the full decode now so a truncated file fails here, with its name
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise ImageReadError(
-                    str(path), f"decoding failed, the file is truncated or corrupt ({exc})"
-                ) from exc
-            return _pil_to_rgb(image, str(path))
+            return _decode_opened(image, str(path))
     raise TypeError(f"load_image expects a path, a numpy array or a PIL image, got {type(source).__name__}")
+
+
+def load_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """The image file whose bytes are `data`, as `load_image` loads that file: (H, W, 3) uint8 RGB, by the
+    same rules and with the same `ImageReadError`s; `name` (e.g. the file's path) names it in them."""
+    if not data:
+        raise ImageReadError(name, "the file is empty (0 bytes)")
+    with _open_pil(io.BytesIO(data), name) as image:
+        return _decode_opened(image, name)
+
+
+def _decode_opened(image: Image.Image, name: str) -> np.ndarray:
+    try:
+        image.load()  # force the full decode now so a truncated file fails here, with its name
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(name, f"decoding failed, the file is truncated or corrupt ({exc})") from exc
+    return _pil_to_rgb(image, name)
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
@@ -108,14 +121,18 @@ def _open_checked(path: Path) -> Image.Image:
         raise ImageReadError(str(path), "not a regular file")
     if path.stat().st_size == 0:
         raise ImageReadError(str(path), "the file is empty (0 bytes)")
+    return _open_pil(path, str(path))
+
+
+def _open_pil(source: Path | io.BytesIO, name: str) -> Image.Image:
     try:
-        return Image.open(path)
+        return Image.open(source)
     except UnidentifiedImageError as exc:
-        raise ImageReadError(str(path), "not an image format Pillow can read") from exc
+        raise ImageReadError(name, "not an image format Pillow can read") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(str(path), f"refused as a possible decompression bomb ({exc})") from exc
+        raise ImageReadError(name, f"refused as a possible decompression bomb ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(str(path), f"the header could not be parsed ({exc})") from exc
+        raise ImageReadError(name, f"the header could not be parsed ({exc})") from exc
 
 
 def _exif_orientation_from_header(image: Image.Image) -> int:

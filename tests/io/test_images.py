@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from instaseg.io import ImageReadError, load_image, read_image_size, to_tensor
+from instaseg.io.images import load_image_bytes
 
 ORIENTATION = 0x0112
 
@@ -230,6 +231,27 @@ def test_truncated_file_is_caught_on_decode(tmp_path: Path, suffix: str) -> None
         load_image(lazy)  # a lazily opened PIL image fails the same way
     # The header is intact, so the header-only size read still works: proof that it does not decode.
     assert read_image_size(cut) == (64, 64)
+
+
+def test_bytes_decode_as_the_file_does(tmp_path: Path) -> None:
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    Image.fromarray(_gradient(6, 8)).save(rotated, exif=exif.tobytes(), quality=95)
+    paletted = tmp_path / "p.png"
+    Image.fromarray(_gradient()).convert("P").save(paletted)
+    for path in (rotated, paletted):
+        np.testing.assert_array_equal(load_image_bytes(path.read_bytes(), str(path)), load_image(path))
+    noisy = tmp_path / "noisy.png"  # incompressible: half of it cuts into the pixel data, not the header
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noisy)
+    full = noisy.read_bytes()
+    for data, reason in (
+        (b"", "empty"),
+        (b"not an image", "not an image"),
+        (full[: len(full) // 2], "trunc"),
+    ):
+        with pytest.raises(ImageReadError, match=f"cannot read image s3://b/x.png: .*{reason}"):
+            load_image_bytes(data, "s3://b/x.png")
 
 
 def test_to_tensor_layout_and_range() -> None:
