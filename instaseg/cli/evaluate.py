@@ -33,6 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_deprecated_alias(parser, "--min-score", "--score-threshold", "score_threshold", type=float)
     parser.add_argument(
+        "--metrics",
+        type=lambda value: [name.strip() for name in value.split(",") if name.strip()],
+        help="comma-separated subset of ap, boundary_ap, matched, foreground_dice, dsb (default: all "
+        "that apply to --iou-type; 'ap' alone is the fastest)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="report JSON path; PR-curve PNGs go beside it as <stem>_pr_<type>.png"
     )
     parser.set_defaults(func=run)
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         max_dets=args.max_detections,
         out=args.out,
         min_score=args.score_threshold,
+        metrics=args.metrics,
     )
     print(format_report(report))
     return 0

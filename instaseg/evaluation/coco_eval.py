@@ -2,7 +2,9 @@
 
 hotcoco (a Rust port of pycocotools' COCOeval) does the matching and accumulation of mask and box AP: the
 same arrays as pycocotools to floating-point rounding (tests/evaluation/test_eval_coco.py), about 4x faster
-than faster-coco-eval. hotcoco has no Boundary AP; faster-coco-eval computes it. The twelve summary numbers
+than faster-coco-eval. hotcoco has no Boundary AP (it refuses iou_type "boundary"), and faster-coco-eval's
+is 10x slower than hotcoco's mask AP, so Boundary AP and the matched pairs come from COCO's rules applied to
+pixel counts (`instance_pairs`, `matching`); a test checks them against faster-coco-eval. The twelve numbers
 are read from the accumulated arrays here instead of pycocotools' `summarize()`, which hard-codes
 `maxDets=100` for the first AP and prints -1 for any other cap.
 Dense scenes (a nuclei image holds up to 375 objects) need a cap above COCO's default of 100.
@@ -15,8 +17,17 @@ from dataclasses import dataclass
 
 import hotcoco
 import numpy as np
-from faster_coco_eval import COCO, COCOeval_faster
 
+from instaseg.evaluation.instance_pairs import InstancePairs, collect
+from instaseg.evaluation.matching import (
+    IOU_THRESHOLDS,
+    RECALL_THRESHOLDS,
+    Detections,
+    GroundTruths,
+    Matching,
+    accumulate,
+    match,
+)
 from instaseg.evaluation.validation import (
     EvaluationInputError,
     GroundTruth,
@@ -65,21 +76,7 @@ class Match:
     iou: float
 
 
-def _silent(*_args: object, **_kwargs: object) -> None:
-    """faster-coco-eval prints progress through this hook; the report prints its own summary."""
-
-
-def _coco_pair(gt: Mapping, results: list[dict]) -> tuple[COCO, COCO]:
-    # faster-coco-eval writes its working fields ('rle', 'ignore', ...) into the annotation dicts it is given:
-    # evaluate on shallow copies so the caller's data stays untouched.
-    dataset = dict(gt)
-    dataset["annotations"] = [dict(annotation) for annotation in gt["annotations"]]
-    coco_gt = COCO(dataset, print_function=_silent)
-    coco_dt = coco_gt.loadRes([dict(record) for record in results])
-    return coco_gt, coco_dt
-
-
-def _check_max_dets(max_dets: int) -> None:
+def check_max_dets(max_dets: int) -> None:
     if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 10:
         raise EvaluationInputError(
             f"max_dets must be an integer of at least 10 (COCO also reports AR at 1 and 10); got {max_dets!r}"
@@ -164,25 +161,27 @@ def evaluate_coco(
     uses at most `max_dets` detections per image (highest scores first). Inputs are validated first (see
     `instaseg.evaluation.validation`); `*_source` name the inputs in error messages.
     """
-    _check_max_dets(max_dets)
+    check_max_dets(max_dets)
     checked = check_ground_truth(gt, gt_source, iou_type)
     columns = check_results(results, checked, iou_type, results_source, allow_empty_results)
     return coco_metrics(checked, columns, iou_type, max_dets)
 
 
-def coco_metrics(gt: GroundTruth, results: Results, iou_type: str, max_dets: int) -> CocoMetrics:
-    """COCO evaluation of checked inputs (`check_ground_truth`, `check_results`); see `evaluate_coco`."""
-    _check_max_dets(max_dets)
+def coco_metrics(
+    gt: GroundTruth, results: Results, iou_type: str, max_dets: int, pairs: InstancePairs | None = None
+) -> CocoMetrics:
+    """COCO evaluation of checked inputs (`check_ground_truth`, `check_results`); see `evaluate_coco`.
+    Boundary AP uses `pairs` (`instance_pairs.collect` with boundaries) when given."""
+    check_max_dets(max_dets)
     max_dets_list = [1, 10, max_dets]
     if iou_type == "boundary":
-        coco_gt, coco_dt = _coco_pair(gt.dataset, results.records)
-        evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent)
-        evaluator.params.maxDets = max_dets_list
-        evaluator.evaluate()
-        evaluator.accumulate()
-        accumulated = evaluator.eval
-        iou_thresholds = np.asarray(evaluator.params.iouThrs)
-        recall_thresholds = np.asarray(evaluator.params.recThrs)
+        pairs = pairs if pairs is not None else collect(gt, results, min_score=0.0)
+        detections, ground_truths = matching_inputs(gt, results, pairs)
+        dt, gt_index, iou = candidate_ious(gt, results, pairs, boundary=True)
+        matching = match(detections, ground_truths, dt, gt_index, iou, max_dets)
+        summed = accumulate(detections, ground_truths, matching, len(gt.category_ids), max_dets_list)
+        accumulated = {"precision": summed.precision, "recall": summed.recall, "scores": summed.scores}
+        iou_thresholds, recall_thresholds = IOU_THRESHOLDS, RECALL_THRESHOLDS
     else:
         coco_gt = hotcoco.COCO(gt.dataset)
         evaluator = hotcoco.COCOeval(coco_gt, coco_gt.load_res(results.records), iou_type)
@@ -210,29 +209,107 @@ def coco_metrics(gt: GroundTruth, results: Results, iou_type: str, max_dets: int
     )
 
 
+def matching_inputs(
+    gt: GroundTruth, results: Results, pairs: InstancePairs
+) -> tuple[Detections, GroundTruths]:
+    """The matcher's view of checked inputs: images ranked by id (COCO's accumulation order), categories as
+    indices into `gt.category_ids`, detection areas as COCO's results loader sets them (the box area when
+    the results carry boxes, else the mask area)."""
+    image_rank = np.empty(gt.image_ids.size, dtype=np.int64)
+    image_rank[np.argsort(gt.image_ids, kind="stable")] = np.arange(gt.image_ids.size)
+    categories = np.asarray(gt.category_ids, dtype=np.int64)
+    area = results.box_area if results.box_area is not None else pairs.dt_area.astype(np.float64)
+    detections = Detections(
+        image=image_rank[results.image_index],
+        category=np.searchsorted(categories, results.category_ids),
+        score=results.scores,
+        area=area,
+    )
+    ground_truths = GroundTruths(
+        image=image_rank[gt.image_index],
+        category=np.searchsorted(categories, gt.annotation_category_ids),
+        area=gt.area,
+        iscrowd=gt.iscrowd == 1,
+    )
+    return detections, ground_truths
+
+
+def candidate_ious(
+    gt: GroundTruth, results: Results, pairs: InstancePairs, boundary: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(detection, annotation, IoU) of the same-category pairs with mask IoU >= 0.5 (COCO's IoA for crowd
+    regions); with `boundary`, a non-crowd pair's IoU is min(mask IoU, boundary IoU) (Boundary AP)."""
+    overlap = pairs.overlap
+    same = results.category_ids[overlap.dt] == gt.annotation_category_ids[overlap.gt]
+    iou = pairs.iou(overlap, gt)
+    keep = same & (iou >= 0.5)
+    dt, gt_index, iou = overlap.dt[keep], overlap.gt[keep], iou[keep]
+    if boundary:
+        iou = np.where(gt.iscrowd[gt_index] == 1, iou, np.minimum(iou, boundary_ious(pairs, dt, gt_index)))
+    return dt, gt_index, iou
+
+
+def boundary_ious(pairs: InstancePairs, dt: np.ndarray, gt_index: np.ndarray) -> np.ndarray:
+    """Boundary IoU of the given pairs (which must be pairs that can match; see `instance_pairs.collect`)."""
+    band = pairs.band
+    assert band is not None
+    num_gt = pairs.gt_area.size
+    codes = band.dt * num_gt + band.gt
+    order = np.argsort(codes)
+    wanted = dt * num_gt + gt_index
+    position = np.clip(np.searchsorted(codes, wanted, sorter=order), 0, max(codes.size - 1, 0))
+    shared = np.zeros(dt.size, dtype=np.int64)
+    if codes.size:
+        found = codes[order[position]] == wanted
+        shared[found] = band.count[order[position[found]]]
+    union = pairs.dt_band_area[dt] + pairs.gt_band_area[gt_index] - shared
+    return np.divide(shared, union, out=np.zeros(dt.size), where=union > 0)
+
+
+def matched_pairs(
+    gt: GroundTruth, results: Results, pairs: InstancePairs, max_dets: int, iou_threshold: float = 0.5
+) -> list[Match]:
+    """The pairs that COCO's matcher makes at mask IoU `iou_threshold`, area range "all", `max_dets` per image
+    (crowd regions included; see `match_detections`)."""
+    detections, ground_truths = matching_inputs(gt, results, pairs)
+    dt, gt_index, iou = candidate_ious(gt, results, pairs)
+    matching = match(
+        detections, ground_truths, dt, gt_index, iou, max_dets, np.array([iou_threshold]), ((0.0, 1e10),)
+    )
+    return _matches(matching, gt, dt, gt_index, iou)
+
+
+def _matches(
+    matching: Matching, gt: GroundTruth, dt: np.ndarray, gt_index: np.ndarray, iou: np.ndarray
+) -> list[Match]:
+    taken = matching.matched_gt[0][0]
+    result_index = np.flatnonzero(taken >= 0)
+    num_gt = gt.annotation_ids.size
+    codes = dt * num_gt + gt_index
+    order = np.argsort(codes)
+    wanted = result_index * num_gt + taken[result_index]
+    pair_iou = iou[order[np.searchsorted(codes, wanted, sorter=order)]]
+    ids = gt.annotation_ids[taken[result_index]]
+    return [
+        Match(result_index=r, gt_id=g, iou=v)
+        for r, g, v in zip(result_index.tolist(), ids.tolist(), pair_iou.tolist(), strict=True)
+    ]
+
+
 def match_detections(
     gt: Mapping, results: list[dict], iou_type: str = "segm", max_dets: int = 100, iou_threshold: float = 0.5
 ) -> list[Match]:
     """Detection/ground-truth pairs that the COCO matcher pairs at `iou_threshold` (area range "all").
 
-    `results` must already be normalised (`normalize_results`). COCO's greedy rule: detections in decreasing
-    score order (the top `max_dets` per image and category) each take the unmatched ground truth of the same
-    category with the highest IoU >= `iou_threshold`; a crowd annotation can take several detections. Pairs
-    with crowd annotations are included (see `gt_id`).
+    COCO's greedy rule: detections in decreasing score order (the top `max_dets` per image and category)
+    each take the unmatched ground truth of the same category with the highest IoU >= `iou_threshold`; a
+    crowd annotation can take several detections. Pairs with crowd annotations are included (see `gt_id`).
+    Only `iou_type` "segm" (mask IoU) is supported; inputs are checked first.
     """
-    _check_max_dets(max_dets)
-    coco_gt, coco_dt = _coco_pair(gt, results)
-    evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent, extra_calc=True)
-    params = evaluator.params
-    params.maxDets = [max_dets]
-    params.iouThrs = np.array([iou_threshold])
-    params.areaRng = [[0.0, 1e10]]
-    params.areaRngLbl = ["all"]
-    evaluator.evaluate()
-    evaluator.accumulate()
-    matches = []
-    for key, iou in evaluator.eval["matched"].items():
-        dt_id, gt_id = (int(part) for part in key.split("_", 1))
-        # loadRes numbers result records 1..N in list order.
-        matches.append(Match(result_index=dt_id - 1, gt_id=gt_id, iou=float(iou)))
-    return sorted(matches, key=lambda match: match.result_index)
+    check_max_dets(max_dets)
+    if iou_type != "segm":
+        raise EvaluationInputError(f"match_detections supports iou_type 'segm' only; got {iou_type!r}")
+    checked = check_ground_truth(gt, "ground truth", iou_type)
+    columns = check_results(results, checked, iou_type, "results", allow_empty=True)
+    pairs = collect(checked, columns, min_score=0.0, boundary=False)
+    return matched_pairs(checked, columns, pairs, max_dets, iou_threshold)

@@ -12,6 +12,7 @@ Hand-written because no installed library implements it. Definition (Caicedo et 
    TP / (TP + FP + FN). An image with neither objects nor predictions scores 1.
 
 The score is class-agnostic (the DSB task has one class) and crowd annotations are not counted as objects.
+The pixel counts come from `instance_pairs.collect`, for all images at once.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instaseg.data.coco_fields import segmentation_to_rle
-from instaseg.structures.masks import decode_rle
+from instaseg.evaluation.instance_pairs import InstancePairs, collect
+from instaseg.evaluation.validation import GroundTruth, check_ground_truth, check_results
 
 DSB_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -36,29 +37,50 @@ class DsbScore:
     min_score: float
 
 
-def _owner_map(
-    pred_masks: Sequence[np.ndarray], pred_scores: np.ndarray, shape: tuple[int, int]
+def _matches_per_image(
+    image: np.ndarray, gt: np.ndarray, pred: np.ndarray, iou: np.ndarray, num_images: int
 ) -> np.ndarray:
-    """(H, W) int32: 1 + index of the prediction owning each pixel (the highest score), 0 where none does."""
-    owner = np.zeros(shape, dtype=np.int32)
-    for index in np.argsort(-pred_scores, kind="stable"):
-        mask = np.asarray(pred_masks[index], dtype=bool)
-        owner[mask & (owner == 0)] = index + 1
-    return owner
+    """(I,) size of the one-to-one matching of the candidate pairs per image: all of them where no object or
+    prediction has two candidates, else greedy by decreasing IoU (ties in (object, prediction) order)."""
+    matches = np.zeros(num_images, dtype=np.int64)
+    if image.size == 0:
+        return matches
+    doubled = np.zeros(num_images, dtype=bool)
+    for index in (gt, pred):
+        _, first, counts = np.unique(index, return_index=True, return_counts=True)
+        doubled[image[first[counts > 1]]] = True
+    simple = ~doubled[image]
+    matches += np.bincount(image[simple], minlength=num_images)
+    for i in np.flatnonzero(doubled):
+        here = np.flatnonzero(image == i)
+        here = here[np.lexsort((pred[here], gt[here]))]
+        used_gt: set[int] = set()
+        used_pred: set[int] = set()
+        for k in here[np.argsort(-iou[here], kind="stable")]:
+            if int(gt[k]) not in used_gt and int(pred[k]) not in used_pred:
+                used_gt.add(int(gt[k]))
+                used_pred.add(int(pred[k]))
+        matches[i] = len(used_gt)
+    return matches
 
 
-def _count_one_to_one(candidates: np.ndarray, iou: np.ndarray) -> int:
-    """Size of the greedy (decreasing IoU) one-to-one matching among `candidates` (G, P) bool pairs."""
-    rows, cols = np.nonzero(candidates)
-    if rows.size == len(np.unique(rows)) and cols.size == len(np.unique(cols)):
-        return int(rows.size)
-    used_rows: set[int] = set()
-    used_cols: set[int] = set()
-    for k in np.argsort(-iou[rows, cols], kind="stable"):
-        if rows[k] not in used_rows and cols[k] not in used_cols:
-            used_rows.add(int(rows[k]))
-            used_cols.add(int(cols[k]))
-    return len(used_rows)
+def dsb_image_scores(
+    num_gt: np.ndarray,
+    num_pred: np.ndarray,
+    image: np.ndarray,
+    gt: np.ndarray,
+    pred: np.ndarray,
+    iou: np.ndarray,
+) -> np.ndarray:
+    """(I,) DSB scores from per-image object and (claimed) prediction counts and the IoUs of the pairs
+    (`image`, `gt`, `pred`, `iou`, all (P,)) of non-overlapping predictions with objects."""
+    per_threshold = []
+    for threshold in DSB_IOU_THRESHOLDS:
+        above = iou > threshold
+        tp = _matches_per_image(image[above], gt[above], pred[above], iou[above], num_gt.size)
+        denominator = num_gt + num_pred - tp  # TP + FP + FN
+        per_threshold.append(np.divide(tp, denominator, out=np.ones(tp.size), where=denominator > 0))
+    return np.mean(per_threshold, axis=0)
 
 
 def dsb_image_score(
@@ -78,57 +100,52 @@ def dsb_image_score(
         for index, mask in enumerate(masks):
             if np.shape(mask) != shape:
                 raise ValueError(f"{name} mask {index} has shape {np.shape(mask)}; expected {shape}")
-
-    owner = _owner_map(pred_masks, scores, shape)
+    owner = np.zeros(shape, dtype=np.int64)  # 1 + index of the prediction owning each pixel, 0 where none
+    for index in np.argsort(-scores, kind="stable"):
+        owner[np.asarray(pred_masks[index], dtype=bool) & (owner == 0)] = index + 1
     num_preds = len(pred_masks)
     pred_area = np.bincount(owner.ravel(), minlength=num_preds + 1)[1:]
-    claimed = pred_area > 0
-    intersection = np.zeros((len(gt_masks), num_preds), dtype=np.int64)
-    gt_area = np.zeros(len(gt_masks), dtype=np.int64)
+    rows, cols, ious = [], [], []
     for g, mask in enumerate(gt_masks):
         mask = np.asarray(mask, dtype=bool)
-        gt_area[g] = mask.sum()
-        intersection[g] = np.bincount(owner[mask], minlength=num_preds + 1)[1:]
-    intersection, pred_area = intersection[:, claimed], pred_area[claimed]
-    union = gt_area[:, None] + pred_area[None, :] - intersection
-    iou = np.divide(intersection, union, out=np.zeros(union.shape), where=union > 0)
+        shared = np.bincount(owner[mask], minlength=num_preds + 1)[1:]
+        for p in np.flatnonzero(shared):
+            rows.append(g)
+            cols.append(p)
+            ious.append(shared[p] / (mask.sum() + pred_area[p] - shared[p]))
+    pairs = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(ious, dtype=np.float64)
+    claimed = int(np.count_nonzero(pred_area))
+    return float(
+        dsb_image_scores(
+            np.array([len(gt_masks)]), np.array([claimed]), np.zeros(pairs[0].size, np.int64), *pairs
+        )[0]
+    )
 
-    num_gt, num_pred = iou.shape
-    per_threshold = []
-    for threshold in DSB_IOU_THRESHOLDS:
-        tp = _count_one_to_one(iou > threshold, iou)
-        denominator = num_gt + num_pred - tp  # TP + FP + FN
-        per_threshold.append(tp / denominator if denominator else 1.0)
-    return float(np.mean(per_threshold))
 
-
-def _decode(segmentation: object, size: tuple[int, int], where: str) -> np.ndarray:
-    return decode_rle([segmentation_to_rle(segmentation, *size)])[0]
+def dsb_from_pairs(
+    gt: GroundTruth, scores: np.ndarray, image_index: np.ndarray, pairs: InstancePairs
+) -> DsbScore:
+    """The DSB score from the counts of `collect` (`scores`, `image_index`: the detections')."""
+    num_images = gt.image_ids.size
+    real = gt.iscrowd == 0
+    num_gt = np.bincount(gt.image_index[real], minlength=num_images)
+    claimed = (pairs.claimed_area > 0) & (scores >= pairs.min_score)
+    num_pred = np.bincount(image_index[claimed], minlength=num_images)
+    c = pairs.claimed
+    iou = c.count / (pairs.claimed_area[c.dt] + pairs.gt_area[c.gt] - c.count)
+    per_image = dsb_image_scores(num_gt, num_pred, gt.image_index[c.gt], c.gt, c.dt, iou)
+    return DsbScore(
+        score=float(per_image.mean()),
+        per_image={int(i): float(s) for i, s in zip(gt.image_ids, per_image, strict=True)},
+        min_score=pairs.min_score,
+    )
 
 
 def dsb_score(gt: Mapping, results: list[dict], min_score: float = 0.0) -> DsbScore:
-    """DSB score of COCO `results` against the COCO dataset `gt`, over every image of `gt`.
-
-    Inputs must be validated first (`check_ground_truth`, `normalize_results`); detections with a score below
-    `min_score` are left out (the DSB score counts every prediction as a claim, so low-score ones cost FPs).
-    """
-    gt_by_image: dict[int, list[dict]] = {image["id"]: [] for image in gt["images"]}
-    for annotation in gt["annotations"]:
-        if not annotation.get("iscrowd", 0):
-            gt_by_image[annotation["image_id"]].append(annotation)
-    preds_by_image: dict[int, list[dict]] = {image_id: [] for image_id in gt_by_image}
-    for record in results:
-        if record["score"] >= min_score:
-            preds_by_image[record["image_id"]].append(record)
-
-    per_image = {}
-    for image in gt["images"]:
-        size = (image["height"], image["width"])
-        gt_masks = [
-            _decode(a["segmentation"], size, f"annotation {a['id']}") for a in gt_by_image[image["id"]]
-        ]
-        preds = preds_by_image[image["id"]]
-        pred_masks = [_decode(p["segmentation"], size, f"result for image {image['id']}") for p in preds]
-        scores = np.array([p["score"] for p in preds], dtype=np.float64)
-        per_image[image["id"]] = dsb_image_score(gt_masks, pred_masks, scores)
-    return DsbScore(score=float(np.mean(list(per_image.values()))), per_image=per_image, min_score=min_score)
+    """DSB score of COCO `results` against the COCO dataset `gt`, over every image of `gt` (inputs are
+    checked first); detections with a score below `min_score` are left out (the DSB score counts every
+    prediction as a claim, so low-score ones cost FPs)."""
+    checked = check_ground_truth(gt, "ground truth", "segm")
+    columns = check_results(results, checked, "segm", "results", allow_empty=True)
+    pairs = collect(checked, columns, min_score, boundary=False)
+    return dsb_from_pairs(checked, columns.scores, columns.image_index, pairs)

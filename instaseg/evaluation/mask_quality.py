@@ -6,9 +6,11 @@ Definitions (also in docs/evaluation.md):
 - Mean IoU: mean mask IoU over matched pairs. Mean Dice: mean over matched pairs of 2|A∩B| / (|A| + |B|),
   which for one pair equals 2 IoU / (1 + IoU).
 - Mean boundary IoU (Cheng et al. 2021): mean over matched pairs of the IoU of the two masks' inner boundary
-  bands, each band `dilation_ratio` (2%) of the image diagonal wide; bands from faster-coco-eval.
+  bands, each band `BOUNDARY_DILATION_RATIO` (2%) of the image diagonal wide (`pixels.boundary_entries`).
 - Foreground Dice: per image, Dice of the union of all predicted masks (score >= `min_score`) with the union
   of all ground-truth masks (crowd regions left out), averaged over images; 1.0 where both are empty.
+
+Everything is counted in one pass over the masks' pixels (`instance_pairs.collect`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from faster_coco_eval.core.mask import rleToBoundary
 
-from instaseg.data.coco_fields import segmentation_to_rle
-from instaseg.evaluation.coco_eval import Match
-from instaseg.structures.masks import mask_iou, merge_rles, rle_area
+from instaseg.evaluation.coco_eval import Match, boundary_ious
+from instaseg.evaluation.instance_pairs import BOUNDARY_DILATION_RATIO, InstancePairs, collect
+from instaseg.evaluation.pixels import PixelSets, boundary_dilation, boundary_entries, pair_counts, pixel_sets
+from instaseg.evaluation.validation import GroundTruth, Masks, check_ground_truth, check_results
+from instaseg.structures.masks import rle_runs
 
-BOUNDARY_DILATION_RATIO = 0.02
+__all__ = ["BOUNDARY_DILATION_RATIO", "MaskQuality", "boundary_iou", "foreground_dice", "mask_quality"]
 
 
 @dataclass(frozen=True)
@@ -40,63 +43,61 @@ class MaskQuality:
 
 def boundary_iou(dt_rle: dict, gt_rle: dict, dilation_ratio: float = BOUNDARY_DILATION_RATIO) -> float:
     """Boundary IoU of two compressed RLE masks of one image size (Cheng et al. 2021)."""
-    dt_band = rleToBoundary(dt_rle, dilation_ratio)
-    gt_band = rleToBoundary(gt_rle, dilation_ratio)
-    return float(mask_iou([dt_band], [gt_band], [0])[0, 0])
+    height, width = (int(v) for v in gt_rle["size"])
+    runs, offsets, _ = rle_runs([dt_rle["counts"], gt_rle["counts"]])
+    pixels = pixel_sets(Masks([], runs, offsets), np.arange(2), np.zeros(2, dtype=np.int64))
+    dilation = boundary_dilation(np.array([height]), np.array([width]), dilation_ratio)
+    band = boundary_entries(pixels, np.full(2, height), np.repeat(dilation, 2))
+    dt = PixelSets(pixels.key[pixels.mask == 0], np.zeros(int(pixels.area[0]), np.int64), pixels.area[:1])
+    gt = PixelSets(pixels.key[pixels.mask == 1], np.zeros(int(pixels.area[1]), np.int64), pixels.area[1:])
+    zero = np.zeros(1, dtype=np.int64)
+    scratch = np.full(height * width, -1, dtype=np.int32)
+    _, _, shared = pair_counts(dt, band[pixels.mask == 0], gt, band[pixels.mask == 1], scratch, zero, zero, 1)
+    areas = np.bincount(pixels.mask[band], minlength=2)
+    union = int(areas.sum()) - int(shared.sum())
+    return float(shared.sum() / union) if union else 0.0
 
 
-def _dice(a: dict | None, b: dict | None) -> float:
-    area_a = int(rle_area([a])[0]) if a is not None else 0
-    area_b = int(rle_area([b])[0]) if b is not None else 0
-    if area_a + area_b == 0:
-        return 1.0
-    if a is None or b is None:
-        return 0.0
-    inter = int(rle_area([merge_rles([a, b], intersect=True)])[0])
-    return 2.0 * inter / (area_a + area_b)
+def foreground_dices(pairs: InstancePairs) -> np.ndarray:
+    """(I,) per image Dice of the union of claimed detections with the union of non-crowd ground truth."""
+    total = pairs.fg_pred + pairs.fg_gt
+    return np.divide(2.0 * pairs.fg_both, total, out=np.ones(total.size), where=total > 0)
+
+
+def quality_of(gt: GroundTruth, pairs: InstancePairs, matches: list[Match]) -> MaskQuality:
+    """Mask quality from the counts of `collect` and the COCO `matches` at mask IoU 0.5."""
+    index_of_id = {int(annotation_id): k for k, annotation_id in enumerate(gt.annotation_ids)}
+    real = [m for m in matches if not gt.iscrowd[index_of_id[m.gt_id]]]
+    iou = np.array([m.iou for m in real], dtype=np.float64)
+    dt = np.array([m.result_index for m in real], dtype=np.int64)
+    gt_index = np.array([index_of_id[m.gt_id] for m in real], dtype=np.int64)
+    boundary = boundary_ious(pairs, dt, gt_index) if real else np.zeros(0)
+    return MaskQuality(
+        num_matched=len(real),
+        mean_iou=float(iou.mean()) if real else None,
+        mean_dice=float(np.mean(2 * iou / (1 + iou))) if real else None,
+        mean_boundary_iou=float(boundary.mean()) if real else None,
+        foreground_dice=float(foreground_dices(pairs).mean()),
+        min_score=pairs.min_score,
+    )
+
+
+def _collected(gt: Mapping, results: list[dict], min_score: float) -> tuple[GroundTruth, InstancePairs]:
+    checked = check_ground_truth(gt, "ground truth", "segm")
+    columns = check_results(results, checked, "segm", "results", allow_empty=True)
+    return checked, collect(checked, columns, min_score)
 
 
 def foreground_dice(gt: Mapping, results: list[dict], min_score: float = 0.0) -> float:
     """Mean over the images of `gt` of the Dice between the union of predictions and the union of objects."""
-    sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
-    gt_rles: dict[int, list[dict]] = {image_id: [] for image_id in sizes}
-    for annotation in gt["annotations"]:
-        if not annotation.get("iscrowd", 0):
-            size = sizes[annotation["image_id"]]
-            gt_rles[annotation["image_id"]].append(segmentation_to_rle(annotation["segmentation"], *size))
-    pred_rles: dict[int, list[dict]] = {image_id: [] for image_id in sizes}
-    for record in results:
-        if record["score"] >= min_score:
-            pred_rles[record["image_id"]].append(record["segmentation"])
-    dices = []
-    for image_id in sizes:
-        gt_union = merge_rles(gt_rles[image_id]) if gt_rles[image_id] else None
-        pred_union = merge_rles(pred_rles[image_id]) if pred_rles[image_id] else None
-        dices.append(_dice(pred_union, gt_union))
-    return float(np.mean(dices))
+    _, pairs = _collected(gt, results, min_score)
+    return float(foreground_dices(pairs).mean())
 
 
 def mask_quality(
     gt: Mapping, results: list[dict], matches: list[Match], min_score: float = 0.0
 ) -> MaskQuality:
-    """Mask quality of normalised segm `results` against `gt`, given the COCO `matches` at mask IoU 0.5."""
-    annotations = {annotation["id"]: annotation for annotation in gt["annotations"]}
-    sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
-    ious, boundary_ious = [], []
-    for match in matches:
-        annotation = annotations[match.gt_id]
-        if annotation.get("iscrowd", 0):
-            continue
-        size = sizes[annotation["image_id"]]
-        gt_rle = segmentation_to_rle(annotation["segmentation"], *size)
-        ious.append(match.iou)
-        boundary_ious.append(boundary_iou(results[match.result_index]["segmentation"], gt_rle))
-    iou = np.asarray(ious, dtype=np.float64)
-    return MaskQuality(
-        num_matched=len(ious),
-        mean_iou=float(iou.mean()) if ious else None,
-        mean_dice=float(np.mean(2 * iou / (1 + iou))) if ious else None,
-        mean_boundary_iou=float(np.mean(boundary_ious)) if ious else None,
-        foreground_dice=foreground_dice(gt, results, min_score),
-        min_score=min_score,
-    )
+    """Mask quality of segm `results` against `gt` (both checked here), given the COCO `matches` at mask IoU
+    0.5 (`match_detections`)."""
+    checked, pairs = _collected(gt, results, min_score)
+    return quality_of(checked, pairs, matches)

@@ -8,21 +8,44 @@ dict that `format_report` turns into the printed summary.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, coco_metrics, match_detections
-from instaseg.evaluation.dsb import dsb_score
-from instaseg.evaluation.mask_quality import mask_quality
+import numpy as np
+
+from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, check_max_dets, coco_metrics, matched_pairs
+from instaseg.evaluation.dsb import dsb_from_pairs
+from instaseg.evaluation.instance_pairs import collect
+from instaseg.evaluation.mask_quality import foreground_dices, quality_of
 from instaseg.evaluation.pr_curve import plot_pr_curve, pr_curve_data
 from instaseg.evaluation.validation import EvaluationInputError, check_ground_truth, check_results, read_json
 from instaseg.io.atomic import atomic_write
 
 REPORT_IOU_TYPES = ("segm", "bbox")
+# What `metrics` may choose: COCO AP/AR of the IoU type, Boundary AP, matched-mask IoU / Dice / boundary IoU,
+# foreground Dice, the DSB score (all but AP segm only).
+METRICS = ("ap", "boundary_ap", "matched", "foreground_dice", "dsb")
+SEGM_ONLY = ("boundary_ap", "matched", "foreground_dice", "dsb")
 
 
 def _coco_section(metrics: CocoMetrics) -> dict:
     return {"stats": metrics.stats, "per_class": metrics.per_class, "pr_curve": pr_curve_data(metrics)}
+
+
+def check_metrics(metrics: Sequence[str] | None, iou_type: str) -> tuple[str, ...]:
+    """The metrics to compute, in `METRICS` order: all that apply to `iou_type` when `metrics` is None."""
+    if metrics is None:
+        return METRICS if iou_type == "segm" else ("ap",)
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown or not metrics:
+        raise EvaluationInputError(
+            f"metrics must be a non-empty subset of {', '.join(METRICS)}; got {metrics!r}"
+        )
+    if iou_type != "segm" and set(metrics) & set(SEGM_ONLY):
+        raise EvaluationInputError(
+            f"{', '.join(sorted(set(metrics) & set(SEGM_ONLY)))} need iou_type 'segm'; got {iou_type!r}"
+        )
+    return tuple(name for name in METRICS if name in metrics)
 
 
 def evaluate(
@@ -32,50 +55,61 @@ def evaluate(
     iou_type: str = "segm",
     max_dets: int = 100,
     min_score: float = 0.0,
+    metrics: Sequence[str] | None = None,
     gt_source: str = "ground truth",
     results_source: str = "results",
 ) -> tuple[dict, dict[str, CocoMetrics]]:
-    """Every metric of the report for in-memory COCO `gt` (dataset dict) and `results` (result records).
+    """The metrics of the report for in-memory COCO `gt` (dataset dict) and `results` (result records).
 
-    iou_type "segm" gives mask AP, Boundary AP, matched-mask IoU/Dice/boundary IoU, foreground Dice and the
-    DSB score; "bbox" gives box AP only. `max_dets` caps detections per image for every COCO number;
-    `min_score` filters detections for the threshold-dependent pixel metrics (DSB score, foreground Dice).
-    Returns (the JSON-ready report dict, the CocoMetrics per evaluated IoU type).
+    `metrics` chooses among `METRICS` (default: all for "segm": mask AP, Boundary AP, matched-mask IoU/Dice/
+    boundary IoU, foreground Dice and the DSB score; box AP only for "bbox"). `max_dets`
+    caps detections per image for every COCO number; `min_score` filters detections for the threshold-
+    dependent pixel metrics (DSB score, foreground Dice). Returns (the JSON-ready report
+    dict, the CocoMetrics per IoU type).
     """
     if iou_type not in REPORT_IOU_TYPES:
         raise EvaluationInputError(f"iou_type must be one of {REPORT_IOU_TYPES}; got {iou_type!r}")
+    chosen = check_metrics(metrics, iou_type)
+    check_max_dets(max_dets)
     checked = check_ground_truth(gt, gt_source, iou_type)
     columns = check_results(results, checked, iou_type, results_source)
-    records = columns.records
-    metrics = {iou_type: coco_metrics(checked, columns, iou_type, max_dets)}
     report: dict = {
         "ground_truth": gt_source,
         "results": results_source,
         "iou_type": iou_type,
         "max_dets": max_dets,
-        "num_images": len(gt["images"]),
-        "num_gt_instances": sum(1 for a in gt["annotations"] if not a.get("iscrowd", 0)),
-        "num_detections": len(records),
+        "metrics": list(chosen),
+        "num_images": int(checked.image_ids.size),
+        "num_gt_instances": int(np.count_nonzero(checked.iscrowd == 0)),
+        "num_detections": len(columns),
     }
-    if iou_type == "segm":
-        metrics["boundary"] = coco_metrics(checked, columns, "boundary", max_dets)
-        quality = mask_quality(gt, records, match_detections(gt, records, "segm", max_dets), min_score)
-        dsb = dsb_score(gt, records, min_score)
-        report["matched_masks"] = {
-            "iou_threshold": 0.5,
-            "num_matched": quality.num_matched,
-            "mean_iou": quality.mean_iou,
-            "mean_dice": quality.mean_dice,
-            "mean_boundary_iou": quality.mean_boundary_iou,
-        }
-        report["pixel_metrics"] = {
-            "min_score": min_score,
-            "foreground_dice": quality.foreground_dice,
-            "dsb_score": dsb.score,
-            "dsb_per_image": [{"image_id": k, "score": v} for k, v in dsb.per_image.items()],
-        }
-    report["coco"] = {name: _coco_section(m) for name, m in metrics.items()}
-    return report, metrics
+    computed: dict[str, CocoMetrics] = {}
+    if "ap" in chosen:
+        computed[iou_type] = coco_metrics(checked, columns, iou_type, max_dets)
+    if set(chosen) & set(SEGM_ONLY):
+        pairs = collect(checked, columns, min_score, boundary="boundary_ap" in chosen or "matched" in chosen)
+        if "boundary_ap" in chosen:
+            computed["boundary"] = coco_metrics(checked, columns, "boundary", max_dets, pairs)
+        if "matched" in chosen:
+            quality = quality_of(checked, pairs, matched_pairs(checked, columns, pairs, max_dets))
+            report["matched_masks"] = {
+                "iou_threshold": 0.5,
+                "num_matched": quality.num_matched,
+                "mean_iou": quality.mean_iou,
+                "mean_dice": quality.mean_dice,
+                "mean_boundary_iou": quality.mean_boundary_iou,
+            }
+        pixel: dict = {}
+        if "foreground_dice" in chosen:
+            pixel["foreground_dice"] = float(foreground_dices(pairs).mean())
+        if "dsb" in chosen:
+            dsb = dsb_from_pairs(checked, columns.scores, columns.image_index, pairs)
+            pixel["dsb_score"] = dsb.score
+            pixel["dsb_per_image"] = [{"image_id": k, "score": v} for k, v in dsb.per_image.items()]
+        if pixel:
+            report["pixel_metrics"] = {"min_score": min_score, **pixel}
+    report["coco"] = {name: _coco_section(m) for name, m in computed.items()}
+    return report, computed
 
 
 def _plot_paths(out: Path, iou_types: list[str]) -> dict[str, Path]:
@@ -90,6 +124,7 @@ def evaluate_files(
     max_dets: int = 100,
     out: str | Path | None = None,
     min_score: float = 0.0,
+    metrics: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate the COCO results file `results_path` against the COCO ground truth `gt_path` (see `evaluate`).
 
@@ -104,6 +139,7 @@ def evaluate_files(
         iou_type=iou_type,
         max_dets=max_dets,
         min_score=min_score,
+        metrics=metrics,
         gt_source=str(gt_path),
         results_source=str(results_path),
     )
@@ -153,17 +189,22 @@ def format_report(report: Mapping) -> str:
                 f"{_number(row['AP']):>6} {_number(row['AP50']):>6} {_number(row['AP75']):>6}"
             )
     if "matched_masks" in report:
-        matched, pixel = report["matched_masks"], report["pixel_metrics"]
+        matched = report["matched_masks"]
         lines.append("")
         lines.append(
             f"matched masks (COCO matcher, IoU >= 0.5): {matched['num_matched']} pairs, "
             f"mean IoU {_number(matched['mean_iou'])}, mean Dice {_number(matched['mean_dice'])}, "
             f"mean boundary IoU {_number(matched['mean_boundary_iou'])}"
         )
-        lines.append(
-            f"pixel metrics (detections with score >= {pixel['min_score']:g}): "
-            f"foreground Dice {_number(pixel['foreground_dice'])}, DSB score {_number(pixel['dsb_score'])}"
-        )
+    if "pixel_metrics" in report:
+        pixel = report["pixel_metrics"]
+        parts = []
+        if "foreground_dice" in pixel:
+            parts.append(f"foreground Dice {_number(pixel['foreground_dice'])}")
+        if "dsb_score" in pixel:
+            parts.append(f"DSB score {_number(pixel['dsb_score'])}")
+        lines.append("")
+        lines.append(f"pixel metrics (detections with score >= {pixel['min_score']:g}): {', '.join(parts)}")
     if "files" in report:
         lines.append("")
         lines.append(f"report: {report['files']['report']}")

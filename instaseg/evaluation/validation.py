@@ -90,6 +90,7 @@ class Results:
     category_ids: np.ndarray
     scores: np.ndarray
     masks: Masks | None
+    box_area: np.ndarray | None  # (N,) w * h of the records' `bbox`, when they carry one
 
     def __len__(self) -> int:
         return len(self.records)
@@ -390,8 +391,10 @@ def _results_columns(results: list, gt: GroundTruth, iou_type: str, source: str,
     if not np.isin(image_ids, gt.image_ids).all() or not np.isin(category_ids, gt.category_ids).all():
         raise _ColumnFailed
     image_index = gt.index_of_images(image_ids)
+    box_area = None
     if bboxes is not None:
-        _bboxes(bboxes)
+        boxes = _bboxes(bboxes)
+        box_area = boxes[:, 2] * boxes[:, 3]
     masks = None
     if segmentations is not None:
         masks = _rle_masks(segmentations, gt.heights[image_index], gt.widths[image_index])
@@ -400,7 +403,7 @@ def _results_columns(results: list, gt: GroundTruth, iou_type: str, source: str,
     records = results
     if results and set(map(len, results)) != {len(wanted)}:  # other keys: copies with the COCO ones only
         records = [{key: record[key] for key in wanted} for record in results]
-    return Results(records, source, image_index, category_ids, scores, masks)
+    return Results(records, source, image_index, category_ids, scores, masks, box_area)
 
 
 def _results_records(

@@ -153,13 +153,20 @@ def rle_runs(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.
     difference to the run two places back. Vectorised over all strings, as evaluation checks 10^5-10^6 masks.
     """
     num = len(counts)
-    encoded = [c.encode("utf-8") if isinstance(c, str) else bytes(c) for c in counts]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=num)
-    raw = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    if num and all(isinstance(c, str) for c in counts):
+        joined = "".join(counts).encode("utf-8")
+        lengths = np.fromiter(map(len, counts), dtype=np.int64, count=num)
+        if len(joined) != lengths.sum():  # non-ASCII characters (never valid): count bytes, not characters
+            return rle_runs([c.encode("utf-8") for c in counts])
+    else:
+        encoded = [c.encode("utf-8") if isinstance(c, str) else bytes(c) for c in counts]
+        joined = b"".join(encoded)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=num)
+    raw = np.frombuffer(joined, dtype=np.uint8)
     char_end = np.cumsum(lengths)
     char_start = char_end - lengths
-    group = raw.astype(np.int64) - RLE_FIRST_CHARACTER
-    bad = (raw < RLE_FIRST_CHARACTER) | (raw >= RLE_END_CHARACTER)
+    group = raw - np.uint8(RLE_FIRST_CHARACTER)  # wraps around for characters below '0': those are bad anyway
+    bad = group >= RLE_END_CHARACTER - RLE_FIRST_CHARACTER
     last = ((group & 0x20) == 0) | bad  # the last group of a number (garbage ends one too)
     nonempty = lengths > 0
     string_last = char_end[nonempty] - 1
@@ -167,27 +174,40 @@ def rle_runs(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.
     unfinished[string_last] = ~last[string_last]
     last[string_last] = True  # numbers never straddle two strings
     ends = np.flatnonzero(last)
-    starts = np.concatenate(([0], ends[:-1] + 1))[: ends.size]
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
     digits = ends - starts + 1
-    shift = 5 * (np.arange(raw.size) - np.repeat(starts, digits))
-    long_number = shift > 55
-    values = np.zeros(ends.size, dtype=np.int64)
-    if ends.size:
-        values = np.add.reduceat((group & 0x1F) << np.minimum(shift, 55), starts)
-        negative = (group[ends] & 0x10) != 0
-        values -= negative.astype(np.int64) << np.minimum(5 * digits, 60)
-    problems = np.concatenate(([0], np.cumsum(bad | unfinished | long_number)))
+    # Position of each character in its number (0 for the first group), from the number starts.
+    position = np.arange(raw.size, dtype=np.int64)
+    is_start = np.zeros(raw.size, dtype=bool)
+    is_start[starts] = True
+    position -= np.maximum.accumulate(np.where(is_start, position, 0))
+    long_numbers = digits > 12  # beyond 60 bits: no real run is this long
+    shifted = (group & 0x1F).astype(np.int64) << (5 * np.minimum(position, 12))
+    values = np.add.reduceat(shifted, starts) if ends.size else np.zeros(0, dtype=np.int64)
+    negative = np.flatnonzero(group[ends] & 0x10)
+    values[negative] -= np.int64(1) << np.minimum(5 * digits[negative], 60)
+    flags = bad | unfinished
+    flags[ends[long_numbers]] = True
+    problems = np.concatenate(([0], np.cumsum(flags)))
     well_formed = nonempty & (problems[char_end] == problems[char_start])
     offsets = np.concatenate(([0], np.searchsorted(ends, char_end, side="left")))
     # From the third run on a run is stored as a difference to the run two places back: per string, the
-    # odd runs and the even runs from index 2 on are cumulative sums of the stored values.
-    first = np.repeat(offsets[:-1], np.diff(offsets))
-    index = np.arange(values.size) - first
-    odd_sum = np.cumsum(np.where(index % 2 == 1, values, 0))
-    even_sum = np.cumsum(np.where((index % 2 == 0) & (index >= 2), values, 0))
-    odd_base = np.concatenate(([0], odd_sum))[first]
-    even_base = np.concatenate(([0], even_sum))[first]
-    runs = np.where(index == 0, values, np.where(index % 2 == 1, odd_sum - odd_base, even_sum - even_base))
+    # odd runs and the even runs from index 2 on are cumulative sums of the stored values. The cumulative
+    # sums restart at each string: its first stored value is lowered by the previous string's total.
+    per_string = np.diff(offsets)
+    string_first = offsets[:-1][per_string > 0]
+    odd = np.repeat((offsets[:-1] & 1).astype(bool), per_string) ^ (np.arange(values.size) & 1).astype(bool)
+    stored_odd = np.where(odd, values, 0)
+    stored_even = values - stored_odd
+    stored_even[string_first] = 0  # run 0 starts no chain
+    for stored in (stored_odd, stored_even):
+        totals = np.add.reduceat(stored, string_first) if string_first.size else string_first
+        stored[string_first[1:]] -= totals[:-1]
+        np.cumsum(stored, out=stored)
+    runs = np.where(odd, stored_odd, stored_even)
+    runs[string_first] = values[string_first]
     return runs, offsets, well_formed
 
 

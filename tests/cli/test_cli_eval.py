@@ -106,3 +106,31 @@ def test_missing_file_and_empty_results(tmp_path: Path, capsys: pytest.CaptureFi
     res.write_text("[]")
     assert main(["eval", "--gt", str(gt), "--pred", str(res)]) == 2
     assert "holds no detections" in capsys.readouterr().err
+
+
+def test_metrics_choose_a_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gt, res = _write_inputs(tmp_path, num_objects=20)
+    out = tmp_path / "report.json"
+    assert main(["eval", "--gt", str(gt), "--pred", str(res), "--metrics", "ap", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "COCO segm" in printed and "COCO boundary" not in printed and "DSB" not in printed
+    report = json.loads(out.read_text())
+    assert report["metrics"] == ["ap"] and set(report["coco"]) == {"segm"}
+    assert "pixel_metrics" not in report and "matched_masks" not in report
+
+    assert main(["eval", "--gt", str(gt), "--pred", str(res), "--metrics", "dsb", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "COCO" not in printed and "DSB score 1.000" in printed
+    report = json.loads(out.read_text())
+    assert report["coco"] == {} and report["pixel_metrics"]["dsb_score"] == pytest.approx(1.0)
+
+
+def test_unknown_or_inapplicable_metrics_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt, res = _write_inputs(tmp_path, num_objects=20)
+    assert main(["eval", "--gt", str(gt), "--pred", str(res), "--metrics", "ap,speed"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "metrics must be a non-empty subset of ap, boundary_ap" in error
+    assert main(["eval", "--gt", str(gt), "--pred", str(res), "--iou-type", "bbox", "--metrics", "dsb"]) == 2
+    assert "dsb need iou_type 'segm'" in capsys.readouterr().err

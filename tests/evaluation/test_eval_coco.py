@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faster_coco_eval import COCO as FasterCOCO
+from faster_coco_eval import COCOeval_faster
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval as PyCOCOeval
@@ -18,6 +20,10 @@ from pycocotools.cocoeval import COCOeval as PyCOCOeval
 from instaseg.data.coco import write_coco
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.evaluation import STAT_NAMES, evaluate_coco, match_detections, normalize_results
+from instaseg.evaluation.coco_eval import candidate_ious, matching_inputs
+from instaseg.evaluation.instance_pairs import collect
+from instaseg.evaluation.matching import accumulate, match
+from instaseg.evaluation.validation import check_ground_truth, check_results
 from instaseg.structures.masks import decode_rle, encode_rle, merge_rles, rle_area, rle_to_boxes
 
 
@@ -225,6 +231,42 @@ def test_matches_pair_each_kept_detection_with_its_source(dsb_gt: dict) -> None:
     records = normalize_results(results, dsb_gt, "segm", "results")
     matches = match_detections(dsb_gt, records, "segm", max_dets=500)
     assert len(matches) == len(dsb_gt["annotations"])
-    for match in matches:
-        assert sources[match.result_index] == match.gt_id
-        assert match.iou == pytest.approx(1.0)
+    for pair in matches:
+        assert sources[pair.result_index] == pair.gt_id
+        assert pair.iou == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("max_dets", [12, 100])
+@pytest.mark.parametrize("crowds", [False, True])
+def test_matcher_on_mask_ious_equals_pycocotools(dsb_gt: dict, max_dets: int, crowds: bool) -> None:
+    """instaseg's own COCO matcher (used for Boundary AP and matched pairs), given mask IoUs from its pixel
+    counts, accumulates pycocotools' arrays: duplicates and crowd regions exercise the greedy loop."""
+    gt = _with_crowds(dsb_gt) if crowds else dsb_gt
+    results = _perturbed_results(gt, seed=max_dets + 1)
+    checked = check_ground_truth(gt, "gt", "segm")
+    columns = check_results(results, checked, "segm", "results")
+    pairs = collect(checked, columns, min_score=0.0, boundary=False)
+    detections, ground_truths = matching_inputs(checked, columns, pairs)
+    matching = match(detections, ground_truths, *candidate_ious(checked, columns, pairs), max_dets)
+    ours = accumulate(detections, ground_truths, matching, len(checked.category_ids), [1, 10, max_dets])
+    reference = _pycocotools(gt, results, "segm", max_dets)
+    for name in ("precision", "recall", "scores"):
+        np.testing.assert_allclose(getattr(ours, name), reference.eval[name], rtol=0, atol=1e-9)
+    assert (ours.precision > 0).any()
+
+
+@pytest.mark.parametrize("max_dets", [12, 100])
+@pytest.mark.parametrize("crowds", [False, True])
+def test_boundary_ap_equals_faster_coco_eval(dsb_gt: dict, max_dets: int, crowds: bool) -> None:
+    gt = _with_crowds(dsb_gt) if crowds else dsb_gt
+    results = _perturbed_results(gt, seed=max_dets + 2)
+    ours = evaluate_coco(gt, results, "boundary", max_dets)
+    coco_gt = FasterCOCO(copy.deepcopy(gt), print_function=lambda *_: None)
+    coco_dt = coco_gt.loadRes(copy.deepcopy(results))
+    reference = COCOeval_faster(coco_gt, coco_dt, "boundary", print_function=lambda *_: None)
+    reference.params.maxDets = [1, 10, max_dets]
+    reference.evaluate()
+    reference.accumulate()
+    for name in ("precision", "recall", "scores"):
+        np.testing.assert_allclose(getattr(ours, name), reference.eval[name], rtol=0, atol=1e-9)
+    assert 0.05 < ours.stats["AP"] < evaluate_coco(gt, results, "segm", max_dets).stats["AP"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instaseg.evaluation import dsb_image_score, dsb_score
-from instaseg.structures.masks import encode_rle
+from instaseg.structures.masks import encode_rle, rle_area
 
 
 def _box(rows: tuple[int, int], cols: tuple[int, int], shape: tuple[int, int] = (10, 20)) -> np.ndarray:
@@ -83,6 +83,7 @@ def _coco(masks_per_image: dict[int, list[np.ndarray]]) -> dict:
         for rle in encode_rle(np.stack(masks)):
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle}
+                | {"area": int(rle_area([rle])[0]), "iscrowd": 0}
             )
     return {"images": images, "annotations": annotations, "categories": [{"id": 1}]}
 

@@ -120,7 +120,10 @@ def test_swapped_files_are_recognised() -> None:
         ),
         (lambda gt: gt["annotations"][2].update(image_id=8), r"annotation 3: image_id 8 is not in 'images'"),
         (lambda gt: gt["annotations"][2].update(category_id=3), r"annotation 3: category_id 3 is not in"),
-        (lambda gt: gt["annotations"][2].pop("area"), r"annotation 3: 'area' must be a finite, non-negative number"),
+        (
+            lambda gt: gt["annotations"][2].pop("area"),
+            r"annotation 3: 'area' must be a finite, non-negative number",
+        ),
         (lambda gt: gt["annotations"][2].update(iscrowd=2), r"annotation 3: 'iscrowd' must be 0 or 1"),
         (lambda gt: gt["annotations"][2].pop("segmentation"), r"annotation 3: missing 'segmentation'"),
         (
