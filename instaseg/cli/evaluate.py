@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics",
         type=lambda value: [name.strip() for name in value.split(",") if name.strip()],
-        help="comma-separated subset of ap, boundary_ap, matched, foreground_dice, dsb (default: all "
+        help="comma-separated subset of ap, boundary_ap, matched, foreground_dice, dsb, pq (default: all "
         "that apply to --iou-type; 'ap' alone is the fastest)",
     )
     parser.add_argument(

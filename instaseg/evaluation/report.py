@@ -17,15 +17,16 @@ from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, check_max_det
 from instaseg.evaluation.dsb import dsb_from_pairs
 from instaseg.evaluation.instance_pairs import collect
 from instaseg.evaluation.mask_quality import foreground_dices, quality_of
+from instaseg.evaluation.panoptic import instance_panoptic_quality, panoptic_section
 from instaseg.evaluation.pr_curve import plot_pr_curve, pr_curve_data
 from instaseg.evaluation.validation import EvaluationInputError, check_ground_truth, check_results, read_json
 from instaseg.io.atomic import atomic_write
 
 REPORT_IOU_TYPES = ("segm", "bbox")
 # What `metrics` may choose: COCO AP/AR of the IoU type, Boundary AP, matched-mask IoU / Dice / boundary IoU,
-# foreground Dice, the DSB score (all but AP segm only).
-METRICS = ("ap", "boundary_ap", "matched", "foreground_dice", "dsb")
-SEGM_ONLY = ("boundary_ap", "matched", "foreground_dice", "dsb")
+# foreground Dice, the DSB score, Panoptic Quality of the instance sets (all but AP segm only).
+METRICS = ("ap", "boundary_ap", "matched", "foreground_dice", "dsb", "pq")
+SEGM_ONLY = ("boundary_ap", "matched", "foreground_dice", "dsb", "pq")
 
 
 def _coco_section(metrics: CocoMetrics) -> dict:
@@ -62,9 +63,9 @@ def evaluate(
     """The metrics of the report for in-memory COCO `gt` (dataset dict) and `results` (result records).
 
     `metrics` chooses among `METRICS` (default: all for "segm": mask AP, Boundary AP, matched-mask IoU/Dice/
-    boundary IoU, foreground Dice and the DSB score; box AP only for "bbox"). `max_dets`
+    boundary IoU, foreground Dice, the DSB score and Panoptic Quality; box AP only for "bbox"). `max_dets`
     caps detections per image for every COCO number; `min_score` filters detections for the threshold-
-    dependent pixel metrics (DSB score, foreground Dice). Returns (the JSON-ready report
+    dependent pixel metrics (DSB score, foreground Dice, Panoptic Quality). Returns (the JSON-ready report
     dict, the CocoMetrics per IoU type).
     """
     if iou_type not in REPORT_IOU_TYPES:
@@ -108,6 +109,9 @@ def evaluate(
             pixel["dsb_per_image"] = [{"image_id": k, "score": v} for k, v in dsb.per_image.items()]
         if pixel:
             report["pixel_metrics"] = {"min_score": min_score, **pixel}
+        if "pq" in chosen:
+            quality = instance_panoptic_quality(checked, columns, pairs)
+            report["panoptic"] = {"min_score": min_score, **panoptic_section(quality)}
     report["coco"] = {name: _coco_section(m) for name, m in computed.items()}
     return report, computed
 
@@ -205,6 +209,15 @@ def format_report(report: Mapping) -> str:
             parts.append(f"DSB score {_number(pixel['dsb_score'])}")
         lines.append("")
         lines.append(f"pixel metrics (detections with score >= {pixel['min_score']:g}): {', '.join(parts)}")
+    if "panoptic" in report:
+        panoptic = report["panoptic"]
+        groups = panoptic["groups"]["All"]
+        lines.append("")
+        lines.append(
+            f"panoptic quality (instance sets made non-overlapping, detections with score >= "
+            f"{panoptic['min_score']:g}; {groups['n']} classes): PQ {_number(groups['PQ'])}, "
+            f"SQ {_number(groups['SQ'])}, RQ {_number(groups['RQ'])}"
+        )
     if "files" in report:
         lines.append("")
         lines.append(f"report: {report['files']['report']}")

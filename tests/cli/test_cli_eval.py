@@ -116,13 +116,13 @@ def test_metrics_choose_a_subset(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "COCO segm" in printed and "COCO boundary" not in printed and "DSB" not in printed
     report = json.loads(out.read_text())
     assert report["metrics"] == ["ap"] and set(report["coco"]) == {"segm"}
-    assert "pixel_metrics" not in report and "matched_masks" not in report
+    assert "pixel_metrics" not in report and "matched_masks" not in report and "panoptic" not in report
 
-    assert main(["eval", "--gt", str(gt), "--pred", str(res), "--metrics", "dsb", "--out", str(out)]) == 0
+    assert main(["eval", "--gt", str(gt), "--pred", str(res), "--metrics", "dsb,pq", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "COCO" not in printed and "DSB score 1.000" in printed
+    assert "COCO" not in printed and "DSB score 1.000" in printed and "PQ 1.000" in printed
     report = json.loads(out.read_text())
-    assert report["coco"] == {} and report["pixel_metrics"]["dsb_score"] == pytest.approx(1.0)
+    assert report["coco"] == {} and report["panoptic"]["groups"]["All"]["PQ"] == pytest.approx(1.0)
 
 
 def test_unknown_or_inapplicable_metrics_are_refused(
