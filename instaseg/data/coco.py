@@ -11,6 +11,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from instaseg.data.coco_fields import (
+    area_problem,
+    bbox_problem,
+    is_int,
+    iscrowd_problem,
+    segmentation_problem,
+    segmentation_to_rle,
+)
 from instaseg.data.records import (
     AnnotationRecord,
     CategoryRecord,
@@ -20,11 +28,6 @@ from instaseg.data.records import (
     ProblemLog,
     bbox_and_area,
     check_image,
-    is_int,
-    is_number,
-    polygon_problem,
-    rle_problem,
-    segmentation_to_rle,
 )
 from instaseg.io.atomic import atomic_write
 from instaseg.io.images import ImageReadError
@@ -228,34 +231,19 @@ def _annotation(entry: dict[str, Any], image: ImageRecord, category_ids: set[int
     if not is_int(category_id) or category_id not in category_ids:
         return f"points at missing category id {category_id!r}"
     iscrowd = entry.get("iscrowd", 0)
-    if iscrowd not in (0, 1) or isinstance(iscrowd, bool):
-        return f"'iscrowd' must be 0 or 1, got {iscrowd!r}"
     segmentation = entry.get("segmentation")
-    if isinstance(segmentation, list):
-        problem = polygon_problem(segmentation, image.height, image.width)
-    elif isinstance(segmentation, dict):
-        problem = rle_problem(segmentation, image.height, image.width)
-    else:
-        problem = "no segmentation (polygons or RLE) given"
+    problem = iscrowd_problem(iscrowd) or segmentation_problem(segmentation, image.height, image.width)
     if problem is not None:
         return problem
     rle = segmentation_to_rle(segmentation, image.height, image.width)
     measured_bbox, measured_area = bbox_and_area(rle)
     if measured_area == 0:
         return "the segmentation covers no pixel"
-    x, y, w, h = measured_bbox
-    if measured_area > image.height * image.width or x + w > image.width or y + h > image.height:
-        # A cheap plausibility check: pycocotools parses any string as counts, and a full decode to check
-        # the run lengths exactly would cost H x W per annotation.
-        return f"compressed RLE 'counts' do not describe a {image.height}x{image.width} mask"
     bbox = entry.get("bbox", measured_bbox)
-    if not (isinstance(bbox, list | tuple) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
-        return f"'bbox' must be 4 finite numbers [x, y, width, height], got {bbox!r}"
-    if bbox[2] < 0 or bbox[3] < 0:
-        return f"'bbox' width and height must be >= 0, got {bbox!r}"
     area = entry.get("area", measured_area)
-    if not is_number(area) or area < 0:
-        return f"'area' must be a finite number >= 0, got {area!r}"
+    problem = bbox_problem(bbox) or area_problem(area)
+    if problem is not None:
+        return problem
     extra = {key: value for key, value in entry.items() if key not in _ANNOTATION_KEYS}
     return AnnotationRecord(
         id=entry["id"],

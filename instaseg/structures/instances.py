@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -221,10 +220,11 @@ class Instances:
             if not isinstance(annotation, dict):
                 raise ValueError(f"annotation #{i}: expected a dict, got {type(annotation).__name__}")
             where = f"annotation {annotation.get('id', f'#{i}')}"
-            bboxes.append(_coco_bbox(annotation, where))
-            labels.append(_coco_int(annotation, "category_id", where))
-            crowd.append(_coco_int(annotation, "iscrowd", where, default=0))
-            areas.append(_coco_area(annotation, bboxes[-1], where))
+            bbox, category_id, iscrowd, area = _coco_fields(annotation, where)
+            bboxes.append(bbox)
+            labels.append(category_id)
+            crowd.append(iscrowd)
+            areas.append(area)
             segmentations.append(annotation.get("segmentation"))
         count = len(bboxes)
         masks = _coco_masks(segmentations, annotations, image_size)
@@ -269,33 +269,26 @@ def _check_vector(values: torch.Tensor, name: str, count: int) -> torch.Tensor:
     return values
 
 
-def _coco_bbox(annotation: dict, where: str) -> list[float]:
+def _coco_fields(annotation: dict, where: str) -> tuple[list[float], int, int, float]:
+    """bbox, category_id, iscrowd and area of one COCO annotation dict, checked by the COCO field rules."""
+    # The rules live at the data edge (instaseg.data.coco_fields); imported on call because instaseg.data
+    # imports this module.
+    from instaseg.data.coco_fields import area_problem, bbox_problem, is_int, iscrowd_problem
+
     bbox = annotation.get("bbox")
-    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
-        raise ValueError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
-    try:
-        values = [float(v) for v in bbox]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: 'bbox' must hold numbers, got {bbox!r}") from exc
-    if not all(math.isfinite(v) for v in values) or values[2] < 0 or values[3] < 0:
-        raise ValueError(f"{where}: 'bbox' must be finite with non-negative width and height, got {bbox!r}")
-    return values
-
-
-def _coco_int(annotation: dict, key: str, where: str, default: int | None = None) -> int:
-    value = annotation.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}: '{key}' must be an integer, got {value!r}")
-    return value
-
-
-def _coco_area(annotation: dict, bbox: list[float], where: str) -> float:
-    if "area" not in annotation:
-        return bbox[2] * bbox[3]
-    value = annotation["area"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where}: 'area' must be a non-negative number, got {value!r}")
-    return float(value)
+    category_id = annotation.get("category_id")
+    iscrowd = annotation.get("iscrowd", 0)
+    problem = bbox_problem(bbox)
+    if problem is None and not is_int(category_id):
+        problem = f"'category_id' must be an integer, got {category_id!r}"
+    problem = problem or iscrowd_problem(iscrowd)
+    if problem is None and "area" in annotation:
+        problem = area_problem(annotation["area"])
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+    values = [float(v) for v in bbox]
+    area = float(annotation["area"]) if "area" in annotation else values[2] * values[3]
+    return values, category_id, iscrowd, area
 
 
 def _coco_masks(
