@@ -82,6 +82,17 @@ CREATE TABLE IF NOT EXISTS production_history (
 """
 
 
+# The quality gate's tables (instaseg.serving.golden): created by the first write that needs them, in either
+# backend; the `quality_tables` row of `meta` says they exist, so readers (a read-only replica) never create.
+_QUALITY_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS golden_sets (name TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+    "updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS quality_gates (name TEXT NOT NULL, version INTEGER NOT NULL, "
+    "result TEXT NOT NULL, decided_at TEXT NOT NULL, PRIMARY KEY (name, version))",
+    "INSERT INTO meta VALUES ('quality_tables', 1) ON CONFLICT DO NOTHING",
+)
+
+
 class RegistryError(ValueError):
     """A registry operation that cannot be done: unknown model or version, bad name, unreadable registry."""
 
@@ -355,6 +366,53 @@ class ModelRegistry:
             )
             self._bump(db)
             return self._deployment(db, name)
+
+    # Quality gate (instaseg.serving.golden) ---------------------------------------------------------------
+
+    def set_golden_set(self, name: str, spec: dict[str, Any]) -> None:
+        """Store the golden set of model `name` (`golden.GoldenSet.to_dict()`), replacing an earlier one."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM versions WHERE name = ?", (name,)).fetchone() is None:
+                raise RegistryError(self._unknown_model(name, db))
+            for statement in _QUALITY_SCHEMA:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO golden_sets VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "spec = excluded.spec, updated_at = excluded.updated_at",
+                (name, json.dumps(spec), _now()),
+            )
+
+    def golden_set(self, name: str) -> dict[str, Any] | None:
+        """The stored golden set of `name`, or None."""
+        with self._connect() as db:
+            if not self._has_quality_tables(db):
+                return None
+            row = db.execute("SELECT spec FROM golden_sets WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def record_quality_gate(self, name: str, version: int, result: dict[str, Any]) -> None:
+        """Store the latest quality-gate decision on `version` of `name` (`golden.GateDecision.to_dict()`)."""
+        with self._transaction() as db:
+            self._check_version(db, name, version)
+            for statement in _QUALITY_SCHEMA:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO quality_gates VALUES (?, ?, ?, ?) ON CONFLICT (name, version) DO UPDATE SET "
+                "result = excluded.result, decided_at = excluded.decided_at",
+                (name, version, json.dumps(result), _now()),
+            )
+
+    def quality_gates(self, name: str) -> dict[int, dict[str, Any]]:
+        """The latest quality-gate decision of each version of `name` that went through the gate."""
+        with self._connect() as db:
+            if not self._has_quality_tables(db):
+                return {}
+            rows = db.execute("SELECT version, result FROM quality_gates WHERE name = ?", (name,)).fetchall()
+        return {int(version): json.loads(result) for version, result in rows}
+
+    @staticmethod
+    def _has_quality_tables(db: Any) -> bool:
+        return db.execute("SELECT 1 FROM meta WHERE key = 'quality_tables'").fetchone() is not None
 
     # Internals -------------------------------------------------------------------------------------------
 
