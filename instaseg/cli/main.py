@@ -15,6 +15,7 @@ from instaseg.cli import (
     models,
     plot_metrics,
     predict,
+    rank,
     serve,
     slo,
     split,
@@ -22,7 +23,7 @@ from instaseg.cli import (
 )
 
 # Each module defines `add_parser(subparsers)`; the parser it adds sets `func(args) -> int` (the exit code).
-COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models, slo, export]
+COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models, slo, export, rank]
 
 
 def build_parser() -> argparse.ArgumentParser:
