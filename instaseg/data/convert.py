@@ -7,13 +7,14 @@ from pathlib import Path
 
 from instaseg.data.coco import read_coco, write_coco
 from instaseg.data.label_maps import read_label_maps
+from instaseg.data.label_studio import read_label_studio
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.data.records import Dataset, SkipReport
 from instaseg.data.yolo import read_yolo
 
 __all__ = ["SOURCE_FORMATS", "ConvertSummary", "convert", "format_convert_summary", "read_dataset"]
 
-SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo")
+SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio")
 
 
 @dataclass
@@ -48,6 +49,7 @@ def read_dataset(
     - mask-folders: `source` is the folder of `<id>/` samples; `category_name`, `workers`.
     - label-maps: `source` is the root; `images_dir`, `masks_dir`, `mask_suffix`, `category_name`.
     - yolo: `source` is the root with `images/`, `labels/` and `classes.txt` or `data.yaml`.
+    - label-studio: `source` is a Label Studio JSON export; `image_root` (default: the JSON's folder).
     """
     given = {
         "image_root": image_root,
@@ -62,6 +64,7 @@ def read_dataset(
         "mask-folders": {"category_name", "workers"},
         "label-maps": {"category_name", "images_dir", "masks_dir", "mask_suffix"},
         "yolo": set(),
+        "label-studio": {"image_root"},
     }
     if source_format not in used:
         raise ValueError(
@@ -78,6 +81,8 @@ def read_dataset(
         return read_mask_folders(source, **options, **common)
     if source_format == "label-maps":
         return read_label_maps(source, **options, **common)
+    if source_format == "label-studio":
+        return read_label_studio(source, options.get("image_root"), **common)
     return read_yolo(source, **common)
 
 
