@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from instaseg.data.coco import read_coco
+from instaseg.data.convert import convert
 from instaseg.data.label_studio import (
     decode_brush_rle,
     encode_brush_rle,
@@ -236,3 +237,13 @@ def test_a_json_min_export_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"image": "x.png"}))
     with pytest.raises(DatasetError, match="holds a list of tasks"):
         read_label_studio(path)
+
+
+def test_convert_from_label_studio_writes_coco(tmp_path: Path) -> None:
+    summary = convert("label-studio", _one_image_export(tmp_path, []), tmp_path / "out" / "gt.json")
+    assert (summary.num_images, summary.num_annotations, summary.skipped) == (1, 1, [])
+    written = read_coco(tmp_path / "out" / "gt.json", strict=True)
+    assert written.images[0].file_name == "../cells.png"
+    assert np.array_equal(
+        decode_rle([written.images[0].annotations[0].segmentation], (5, 7))[0], _reference_mask()
+    )
