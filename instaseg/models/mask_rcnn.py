@@ -103,7 +103,7 @@ class MaskRCNN(nn.Module):
         """Eval-mode inference: `(3, H, W)` [0, 1] images -> one `Instances` each, in original pixels."""
         if self.training:
             raise ModelInputError("detect needs eval mode; call model.eval() first")
-        images = prepare_images(list(images), self.max_image_pixels)
+        images = prepare_images(images, self.max_image_pixels)
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
         batch, _ = self.transform(images, scale=options.input_scale)
         return [
@@ -119,7 +119,7 @@ class MaskRCNN(nn.Module):
         then the four levels averaged. Eval mode."""
         if self.training:
             raise ModelInputError("image_features needs eval mode; call model.eval() first")
-        batch, _ = self.transform(prepare_images(list(images), self.max_image_pixels))
+        batch, _ = self.transform(prepare_images(images, self.max_image_pixels))
         features = self.backbone(batch.tensors)
         pooled = []
         for index, (height, width) in enumerate(batch.image_sizes):
