@@ -11,14 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from instaseg.data.coco_fields import (
-    area_problem,
-    bbox_problem,
-    is_int,
-    iscrowd_problem,
-    segmentation_problem,
-    segmentation_to_rle,
-)
 from instaseg.data.records import (
     AnnotationRecord,
     CategoryRecord,
@@ -31,6 +23,14 @@ from instaseg.data.records import (
 )
 from instaseg.io.atomic import atomic_write
 from instaseg.io.images import ImageReadError
+from instaseg.structures.coco_fields import (
+    area_problem,
+    bbox_problem,
+    is_int,
+    iscrowd_problem,
+    segmentation_problem,
+    segmentation_to_rle,
+)
 
 __all__ = ["read_coco", "write_coco"]
 

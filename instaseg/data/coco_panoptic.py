@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from instaseg.data.coco_fields import is_int, iscrowd_problem
 from instaseg.data.records import DatasetError
+from instaseg.structures.coco_fields import is_int, iscrowd_problem
 
 __all__ = [
     "PanopticCategory",

@@ -27,7 +27,6 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import numpy as np
 
-from instaseg.data.coco_fields import is_int, polygon_problem
 from instaseg.data.records import (
     AnnotationRecord,
     CategoryRecord,
@@ -40,6 +39,7 @@ from instaseg.data.records import (
 )
 from instaseg.io.atomic import atomic_write
 from instaseg.io.images import ImageReadError
+from instaseg.structures.coco_fields import is_int, polygon_problem
 from instaseg.structures.masks import Masks, encode_rle
 
 __all__ = [

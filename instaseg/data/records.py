@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instaseg.data.coco_fields import (
+from instaseg.io.images import IMAGE_SUFFIXES, load_image, read_image_size
+from instaseg.structures.boxes import xywh_to_xyxy
+from instaseg.structures.coco_fields import (
     POLYGON_TOLERANCE_PX,
     is_int,
     is_number,
@@ -28,8 +30,6 @@ from instaseg.data.coco_fields import (
     rle_problem,
     segmentation_to_rle,
 )
-from instaseg.io.images import IMAGE_SUFFIXES, load_image, read_image_size
-from instaseg.structures.boxes import xywh_to_xyxy
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks, compressed_run_lengths, rle_area, rle_to_boxes
 

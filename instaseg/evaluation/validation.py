@@ -2,7 +2,7 @@
 
 pycocotools, faster-coco-eval and hotcoco trust their input: an unknown image id, a NaN score or a mask of the
 wrong size either crashes deep in compiled code or quietly yields a wrong number. Every check here names the
-file and the record; the rules are the data edge's (`instaseg.data.coco_fields`).
+file and the record; the rules are `instaseg.structures.coco_fields`' (one home for readers and checkers).
 
 Evaluation sets hold 10^5-10^6 records, so the checks run column-wise first (one pass per field, the RLE runs
 of all masks decoded together by `instaseg.structures.masks.rle_runs`); only when a column fails does the
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from instaseg.data.coco_fields import (
+from instaseg.structures.coco_fields import (
     area_problem,
     bbox_problem,
     is_int,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from instaseg.structures.boxes import box_area, xywh_to_xyxy, xyxy_to_xywh
+from instaseg.structures.coco_fields import area_problem, bbox_problem, is_int, iscrowd_problem
 from instaseg.structures.masks import Index, Masks, check_image_size, normalize_index
 
 __all__ = ["Instances"]
@@ -271,10 +272,6 @@ def _check_vector(values: torch.Tensor, name: str, count: int) -> torch.Tensor:
 
 def _coco_fields(annotation: dict, where: str) -> tuple[list[float], int, int, float]:
     """bbox, category_id, iscrowd and area of one COCO annotation dict, checked by the COCO field rules."""
-    # The rules live at the data edge (instaseg.data.coco_fields); imported on call because instaseg.data
-    # imports this module.
-    from instaseg.data.coco_fields import area_problem, bbox_problem, is_int, iscrowd_problem
-
     bbox = annotation.get("bbox")
     category_id = annotation.get("category_id")
     iscrowd = annotation.get("iscrowd", 0)

@@ -1,5 +1,8 @@
 """The rules for COCO fields, in one place: ids, `bbox`, `area`, `iscrowd` and `segmentation` (polygons, RLE).
 
+They sit in `structures` (below `data` and `evaluation`) because `Instances.from_coco` needs them as much as
+the readers do.
+
 Every reader and checker of COCO dicts asks these functions: the COCO reader (`instaseg.data.coco`), the
 evaluation input checks (`instaseg.evaluation.validation`) and `Instances.from_coco`. Each `*_problem`
 function returns None for a valid value, or the reason it is not, worded to follow the name of the record
