@@ -21,6 +21,7 @@ from PIL import Image
 
 from instaseg.data.records import DatasetError
 from instaseg.structures.coco_fields import is_int, iscrowd_problem
+from instaseg.structures.panoptic import PanopticSegmentation
 
 __all__ = [
     "PanopticCategory",
@@ -175,13 +176,13 @@ def _segments(
 
 
 def read_segment_map(image: PanopticImage, json_path: str | Path = "") -> np.ndarray:
-    """(H, W) int64 segment ids of `image`'s PNG (0 = VOID), checked against its `segments_info`: every id
+    """(H, W) int32 segment ids of `image`'s PNG (0 = VOID), checked against its `segments_info`: every id
     in the PNG is listed and every listed id is in the PNG, and the PNG has the image's size (when known).
     `json_path` names the JSON in messages."""
     record = f"annotation of image {image.image_id}"
     try:
         with Image.open(image.png) as png:
-            rgb = np.asarray(png.convert("RGB"), dtype=np.int64)
+            rgb = np.asarray(png.convert("RGB"))
     except FileNotFoundError as exc:
         raise DatasetError(image.png, record, "the PNG of this annotation does not exist") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -193,7 +194,7 @@ def read_segment_map(image: PanopticImage, json_path: str | Path = "") -> np.nda
             f"the PNG is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but image {image.image_id} is "
             f"{image.width}x{image.height}",
         )
-    ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    ids = PanopticSegmentation.ids_from_rgb(rgb)
     present = set(np.unique(ids).tolist()) - {0}
     listed = {segment.id for segment in image.segments}
     if present - listed:
