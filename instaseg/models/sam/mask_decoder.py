@@ -85,10 +85,10 @@ class Attention(nn.Module):
         Instead of projecting all N keys and values (2 x N x 256 x 128 per prompt), the queries are mapped
         back through the key projection (`q_h W_k,h`; the key bias adds a constant per query, which softmax
         ignores) and the attention-weighted image is projected afterwards (softmax rows sum to 1, so the value
-        bias passes through): 2 x 8T x N x 256 multiply-adds, 2.3x fewer for T = 7. With a shared image
-        (batch 1) the plain `forward` is cheaper: its projections run once.
+        bias passes through): 2 x 8T x N x 256 multiply-adds, 2.3x fewer for T = 7. With an image shared by
+        several prompts (batch 1) the plain `forward` is cheaper: its projections run once.
         """
-        if k.shape[0] == 1:
+        if k.shape[0] == 1 and q.shape[0] > 1:
             return self.forward(q, k, v)
         batch, tokens, _ = q.shape
         scale = (self.q_proj.out_features // self.num_heads) ** -0.5
@@ -107,13 +107,13 @@ class Attention(nn.Module):
         The output projection is folded into the values (`V_h W_o,h^T`, (T, 256) per head), so the N queries
         are multiplied once by a (8T, 256) matrix instead of projected down and back up (2 x N x 128 x 256);
         for a per-prompt image the query projection is folded into the keys the same way (its bias becomes a
-        per-key offset). A shared image (batch 1) keeps its query projection, computed once.
+        per-key offset). An image shared by several prompts keeps its query projection, computed once.
         """
         batch, tokens, _ = k.shape
         scale = (self.q_proj.out_features // self.num_heads) ** -0.5
         keys = self._heads(self.k_proj(k))  # (B, heads, T, d)
         values = self._heads(self.v_proj(v))
-        if q.shape[0] == 1:
+        if q.shape[0] == 1 and batch > 1:
             queries = self._heads(self.q_proj(q))  # (1, heads, N, d), once for all prompts
             scores = (queries @ keys.transpose(2, 3)).permute(0, 2, 1, 3)  # (B, N, heads, T)
         else:
