@@ -50,6 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     promote.add_argument("name")
     promote.add_argument("--version", type=int, help="version to promote (default: the current canary)")
+    promote.add_argument(
+        "--force", action="store_true", help="promote even when the golden-set quality gate refuses (logged)"
+    )
+    promote.add_argument("--device", default="cpu", help="device for the quality gate's predictions")
     promote.set_defaults(func=run_promote)
 
     rollback = commands.add_parser(
@@ -66,7 +70,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     canary.add_argument("name")
     canary.add_argument("version", type=int)
     canary.add_argument("--share", type=float, required=True, help="share of requests, 0..1 (e.g. 0.1)")
+    canary.add_argument(
+        "--force",
+        action="store_true",
+        help="start the canary even when the golden-set quality gate refuses (logged)",
+    )
+    canary.add_argument("--device", default="cpu", help="device for the quality gate's predictions")
     canary.set_defaults(func=run_set_canary)
+
+    golden = commands.add_parser(
+        "set-golden",
+        parents=[common],
+        help="define the labelled golden set that promote and set-canary evaluate a candidate on first",
+    )
+    golden.add_argument("name")
+    golden.add_argument("annotations", type=Path, help="COCO instances JSON (the golden ground truth)")
+    golden.add_argument("images", type=Path, help="folder the annotations' image file_names are relative to")
+    golden.add_argument(
+        "--metric",
+        choices=("mask_ap", "dsb", "pq"),
+        default="mask_ap",
+        help="what the gate compares: COCO mask AP (default), the DSB score or Panoptic Quality",
+    )
+    golden.add_argument(
+        "--margin",
+        type=float,
+        default=0.01,
+        help="refuse a candidate more than this below production, in the metric's units (default 0.01)",
+    )
+    golden.set_defaults(func=run_set_golden)
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -89,14 +121,28 @@ def run_register(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     registry = open_registry(args.registry, create=False)
     if args.json:
-        print(json.dumps([asdict(d) for d in registry.deployments()], indent=2))
+        deployments = [
+            {
+                **asdict(d),
+                "golden_set": registry.golden_set(d.name),
+                "quality_gates": registry.quality_gates(d.name),
+            }
+            for d in registry.deployments()
+        ]
+        print(json.dumps(deployments, indent=2))
     else:
         print(format_registry(registry))
+        gates = [(d.name, registry.quality_gates(d.name)) for d in registry.deployments()]
+        for name, decisions in gates:
+            for version, decision in sorted(decisions.items()):
+                print(f"quality gate {name} v{version} ({decision['decided_at']}): {_gate_summary(decision)}")
     return 0
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    _print(open_registry(args.registry, create=False).promote(args.name, args.version))
+    registry = open_registry(args.registry, create=False)
+    _gate(registry, args.name, args.version or registry.deployment(args.name).canary, args)
+    _print(registry.promote(args.name, args.version))
     return 0
 
 
@@ -106,7 +152,9 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 
 def run_set_canary(args: argparse.Namespace) -> int:
-    _print(open_registry(args.registry, create=False).set_canary(args.name, args.version, args.share))
+    registry = open_registry(args.registry, create=False)
+    _gate(registry, args.name, args.version, args)
+    _print(registry.set_canary(args.name, args.version, args.share))
     return 0
 
 
@@ -117,3 +165,38 @@ def _print(deployment: Deployment) -> None:
         else "no canary"
     )
     print(f"{deployment.name}: production v{deployment.production}, {canary}")
+
+
+def run_set_golden(args: argparse.Namespace) -> int:
+    from instaseg.serving.golden import define_golden_set
+    from instaseg.serving.registry import open_registry
+
+    registry = open_registry(args.registry, create=False)
+    golden = define_golden_set(registry, args.name, args.annotations, args.images, args.metric, args.margin)
+    print(
+        f"golden set of {args.name}: {golden.annotations} (images in {golden.images}); "
+        f"gate: {golden.metric}, margin {golden.margin:g}"
+    )
+    return 0
+
+
+def _gate(registry: object, name: str, version: int | None, args: argparse.Namespace) -> None:
+    """The golden-set quality gate before `version` gets traffic: prints both numbers; a refusal raises
+    (`GateRefused`, exit code 2) and the registry is left as it was."""
+    from instaseg.serving.golden import check_promotion
+
+    if version is None:
+        return
+    decision = check_promotion(registry, name, version, force=args.force, device=args.device)
+    if decision is not None:
+        print(f"quality gate: {decision.message()}")
+
+
+def _gate_summary(decision: dict) -> str:
+    """One line of a stored `GateDecision`: the candidate's and production's numbers and the verdict."""
+    candidate, production = decision["candidate"], decision["production"]
+    text = f"{decision['metric']} {candidate['value']:.4f}"
+    if production is not None:
+        text += f" vs production v{production['version']} {production['value']:.4f}"
+    verdict = "passed" if decision["passed"] else ("forced" if decision["forced"] else "refused")
+    return f"{text} (margin {decision['margin']:g}): {verdict}"

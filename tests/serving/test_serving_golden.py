@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from test_serving_http import png, tiny_checkpoint
 
+from instaseg.cli.main import main
 from instaseg.inference import Predictor
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.serving.golden import (
@@ -30,7 +32,7 @@ from instaseg.serving.golden import (
     evaluate_on_golden_set,
 )
 from instaseg.serving.registration import register_model
-from instaseg.serving.registry import ModelRegistry, RegistryError
+from instaseg.serving.registry import Deployment, ModelRegistry, RegistryError
 
 
 def golden_from_predictions(checkpoint: Path, folder: Path, count: int = 2) -> Path:
@@ -257,3 +259,49 @@ def test_a_golden_set_of_other_categories_is_refused(setup: Setup, tmp_path: Pat
     define_golden_set(setup.registry, "nuclei", path, setup.images)
     with pytest.raises(GateError, match=r"category ids \[1\] share none with the golden set's \[7\]"):
         check_promotion(setup.registry, "nuclei", 2)
+
+
+def test_the_models_commands_gate_promotion_and_canary(setup: Setup, capsys: pytest.CaptureFixture) -> None:
+    registry = str(setup.registry.root)
+    assert (
+        main(["models", "set-golden", "nuclei", str(setup.gt), str(setup.images), "--registry", registry])
+        == 0
+    )
+    assert "gate: mask_ap, margin 0.01" in capsys.readouterr().out
+
+    assert main(["models", "set-canary", "nuclei", "2", "--share", "0.1", "--registry", registry]) == 2
+    error = capsys.readouterr().err
+    assert "nuclei v2 mask AP" in error and "production v1 1.0000" in error and "REFUSED" in error
+    assert main(["models", "promote", "nuclei", "--version", "2", "--registry", registry]) == 2
+    assert setup.registry.deployment("nuclei") == Deployment("nuclei", 1, None, 0.0, (1,))
+
+    assert main(["models", "list", "--registry", registry]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(
+        r"quality gate nuclei v2 \(.*\): mask_ap 0\.\d{4} vs production v1 1\.0000 .*refused", listing
+    )
+    assert main(["models", "promote", "nuclei", "--version", "2", "--force", "--registry", registry]) == 0
+    out = capsys.readouterr().out
+    assert "promoted anyway (--force)" in out and "nuclei: production v2" in out
+    assert setup.registry.deployment("nuclei").production == 2
+
+    assert main(["models", "list", "--json", "--registry", registry]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["golden_set"]["metric"] == "mask_ap"
+    assert listed["quality_gates"]["2"]["forced"] is True and listed["quality_gates"]["2"]["passed"] is False
+
+
+def test_set_golden_names_missing_images(setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    command = [
+        "models",
+        "set-golden",
+        "nuclei",
+        str(setup.gt),
+        str(empty),
+        "--registry",
+        str(setup.registry.root),
+    ]
+    assert main(command) == 2
+    assert "2 of 2 images missing: id 1" in capsys.readouterr().err
