@@ -13,7 +13,9 @@ Dense scenes (a nuclei image holds up to 375 objects) need a cap above COCO's de
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import hotcoco
 import numpy as np
@@ -24,7 +26,6 @@ from instaseg.evaluation.matching import (
     RECALL_THRESHOLDS,
     Detections,
     GroundTruths,
-    Matching,
     accumulate,
     match,
 )
@@ -162,16 +163,68 @@ def evaluate_coco(
     `instaseg.evaluation.validation`); `*_source` name the inputs in error messages.
     """
     check_max_dets(max_dets)
-    checked = check_ground_truth(gt, gt_source, iou_type)
-    columns = check_results(results, checked, iou_type, results_source, allow_empty_results)
-    return coco_metrics(checked, columns, iou_type, max_dets)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        early = start_hotcoco(pool, gt, results, iou_type, max_dets)
+        checked = check_ground_truth(gt, gt_source, iou_type)
+        columns = check_results(results, checked, iou_type, results_source, allow_empty_results)
+        return coco_metrics(checked, columns, iou_type, max_dets, early=early)
+
+
+def _hotcoco_eval(
+    gt: Mapping, records: list, iou_type: str, max_dets_list: list[int]
+) -> tuple[dict, list, list]:
+    coco_gt = hotcoco.COCO(gt)
+    evaluator = hotcoco.COCOeval(coco_gt, coco_gt.load_res(records), iou_type)
+    evaluator.params.max_dets = max_dets_list
+    evaluator.evaluate()
+    evaluator.accumulate()
+    return evaluator.eval, evaluator.params.iou_thrs, evaluator.params.rec_thrs
+
+
+def start_hotcoco(
+    pool: Executor, gt: Any, results: Any, iou_type: str, max_dets: int
+) -> EarlyEvaluation | None:
+    """hotcoco's evaluation of the unchecked inputs, started in `pool` while they are checked (it releases
+    the GIL while matching, so checks and the other metrics run beside it). Safe because hotcoco is
+    memory-safe Rust: bad input gives an exception or a wrong number there, and `coco_metrics` uses the
+    result only when the checks passed and the records went to hotcoco unchanged."""
+    if iou_type not in ("segm", "bbox") or not isinstance(gt, Mapping) or not isinstance(results, list):
+        return None
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 10:
+        return None
+    future = pool.submit(_hotcoco_eval, gt, results, iou_type, [1, 10, max_dets])
+    return EarlyEvaluation(gt, results, iou_type, max_dets, future)
+
+
+@dataclass(frozen=True)
+class EarlyEvaluation:
+    """A hotcoco evaluation started on inputs before they were checked (`start_hotcoco`)."""
+
+    gt: Mapping
+    results: list
+    iou_type: str
+    max_dets: int
+    future: Future
+
+    def usable_for(self, gt: GroundTruth, results: Results, iou_type: str, max_dets: int) -> bool:
+        return (
+            self.gt is gt.dataset
+            and self.results is results.records
+            and (self.iou_type, self.max_dets) == (iou_type, max_dets)
+        )
 
 
 def coco_metrics(
-    gt: GroundTruth, results: Results, iou_type: str, max_dets: int, pairs: InstancePairs | None = None
+    gt: GroundTruth,
+    results: Results,
+    iou_type: str,
+    max_dets: int,
+    pairs: InstancePairs | None = None,
+    early: EarlyEvaluation | None = None,
 ) -> CocoMetrics:
     """COCO evaluation of checked inputs (`check_ground_truth`, `check_results`); see `evaluate_coco`.
-    Boundary AP uses `pairs` (`instance_pairs.collect` with boundaries) when given."""
+    Boundary AP uses `pairs` (`instance_pairs.collect` with boundaries) when given; mask and box AP take the
+    result of `early` when it ran on exactly these inputs."""
     check_max_dets(max_dets)
     max_dets_list = [1, 10, max_dets]
     if iou_type == "boundary":
@@ -183,14 +236,14 @@ def coco_metrics(
         accumulated = {"precision": summed.precision, "recall": summed.recall, "scores": summed.scores}
         iou_thresholds, recall_thresholds = IOU_THRESHOLDS, RECALL_THRESHOLDS
     else:
-        coco_gt = hotcoco.COCO(gt.dataset)
-        evaluator = hotcoco.COCOeval(coco_gt, coco_gt.load_res(results.records), iou_type)
-        evaluator.params.max_dets = max_dets_list
-        evaluator.evaluate()
-        evaluator.accumulate()
-        accumulated = evaluator.eval
-        iou_thresholds = np.asarray(evaluator.params.iou_thrs)
-        recall_thresholds = np.asarray(evaluator.params.rec_thrs)
+        if early is not None and early.usable_for(gt, results, iou_type, max_dets):
+            accumulated, iou_thresholds, recall_thresholds = early.future.result()
+        else:
+            accumulated, iou_thresholds, recall_thresholds = _hotcoco_eval(
+                gt.dataset, results.records, iou_type, max_dets_list
+            )
+        iou_thresholds = np.asarray(iou_thresholds)
+        recall_thresholds = np.asarray(recall_thresholds)
     precision = np.asarray(accumulated["precision"], dtype=np.float64)
     recall = np.asarray(accumulated["recall"], dtype=np.float64)
     m = max_dets_list.index(max_dets)
@@ -268,32 +321,21 @@ def boundary_ious(pairs: InstancePairs, dt: np.ndarray, gt_index: np.ndarray) ->
 
 def matched_pairs(
     gt: GroundTruth, results: Results, pairs: InstancePairs, max_dets: int, iou_threshold: float = 0.5
-) -> list[Match]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs that COCO's matcher makes at mask IoU `iou_threshold`, area range "all", `max_dets` per image
-    (crowd regions included; see `match_detections`)."""
+    (crowd regions included; see `match_detections`): (detection indices, annotation indices, IoUs)."""
     detections, ground_truths = matching_inputs(gt, results, pairs)
     dt, gt_index, iou = candidate_ious(gt, results, pairs)
     matching = match(
         detections, ground_truths, dt, gt_index, iou, max_dets, np.array([iou_threshold]), ((0.0, 1e10),)
     )
-    return _matches(matching, gt, dt, gt_index, iou)
-
-
-def _matches(
-    matching: Matching, gt: GroundTruth, dt: np.ndarray, gt_index: np.ndarray, iou: np.ndarray
-) -> list[Match]:
     taken = matching.matched_gt[0][0]
     result_index = np.flatnonzero(taken >= 0)
     num_gt = gt.annotation_ids.size
     codes = dt * num_gt + gt_index
     order = np.argsort(codes)
     wanted = result_index * num_gt + taken[result_index]
-    pair_iou = iou[order[np.searchsorted(codes, wanted, sorter=order)]]
-    ids = gt.annotation_ids[taken[result_index]]
-    return [
-        Match(result_index=r, gt_id=g, iou=v)
-        for r, g, v in zip(result_index.tolist(), ids.tolist(), pair_iou.tolist(), strict=True)
-    ]
+    return result_index, taken[result_index], iou[order[np.searchsorted(codes, wanted, sorter=order)]]
 
 
 def match_detections(
@@ -312,4 +354,9 @@ def match_detections(
     checked = check_ground_truth(gt, "ground truth", iou_type)
     columns = check_results(results, checked, iou_type, "results", allow_empty=True)
     pairs = collect(checked, columns, min_score=0.0, boundary=False)
-    return matched_pairs(checked, columns, pairs, max_dets, iou_threshold)
+    result_index, gt_index, iou = matched_pairs(checked, columns, pairs, max_dets, iou_threshold)
+    ids = checked.annotation_ids[gt_index]
+    return [
+        Match(result_index=r, gt_id=g, iou=v)
+        for r, g, v in zip(result_index.tolist(), ids.tolist(), iou.tolist(), strict=True)
+    ]

@@ -149,26 +149,24 @@ def collect(gt: GroundTruth, results: Results, min_score: float, boundary: bool 
         claimed = owners(dts, -scores, canvas, dt_keep)
         claimed_area[dt_sel] = np.bincount(dts.mask[claimed], minlength=dt_sel.size)
         real = (gt.iscrowd[gt_sel] == 0)[gts.mask]
-        # The claimed detections do not overlap: drawn as the one-layer side.
-        b, a, count = pair_counts(gts, real, dts, claimed, scratch, gt_image, dt_image, num_chunk)
-        claims.append(Pairs(dt_sel[a], gt_sel[b], count))
-
-        # Foreground: the union of the claimed detections against the union of the real ground truth.
-        gt_union = owners(gts, np.arange(gt_sel.size), canvas, real)
-        covered = np.zeros(canvas, dtype=bool)
-        covered[dts.key[claimed]] = True
-        images_of_dt_entries = dt_image[dts.mask[claimed]]
-        images_of_gt_entries = gt_image[gts.mask[gt_union]]
-        fg_pred[images] = np.bincount(images_of_dt_entries, minlength=num_chunk)
-        fg_gt[images] = np.bincount(images_of_gt_entries, minlength=num_chunk)
-        both = covered[gts.key[gt_union]]
-        fg_both[images] = np.bincount(images_of_gt_entries[both], minlength=num_chunk)
-
         # Ground truth made non-overlapping in annotation order, for Panoptic Quality.
         gt_kept = owners(gts, gt_sel.astype(np.int64), canvas)
         gt_claimed_area[gt_sel] = np.bincount(gts.mask[gt_kept], minlength=gt_sel.size)
-        b, a, count = pair_counts(gts, gt_kept, dts, claimed, scratch, gt_image, dt_image, num_chunk)
-        panoptics.append(Pairs(dt_sel[a], gt_sel[b], count))
+        # The claimed detections do not overlap: drawn as the one-layer side, once for both counts.
+        (b, a, count), (pb, pa, pcount) = pair_counts(
+            gts, [real, gt_kept], dts, claimed, scratch, gt_image, dt_image, num_chunk
+        )
+        claims.append(Pairs(dt_sel[a], gt_sel[b], count))
+        panoptics.append(Pairs(dt_sel[pa], gt_sel[pb], pcount))
+
+        # Foreground: the union of the claimed detections against the union of the real ground truth.
+        predicted = np.zeros(canvas, dtype=bool)
+        predicted[dts.key[claimed]] = True
+        annotated = np.zeros(canvas, dtype=bool)
+        annotated[gts.key[real]] = True
+        fg_pred[images] = np.add.reduceat(predicted, image_offset, dtype=np.int64)
+        fg_gt[images] = np.add.reduceat(annotated, image_offset, dtype=np.int64)
+        fg_both[images] = np.add.reduceat(predicted & annotated, image_offset, dtype=np.int64)
 
     return InstancePairs(
         min_score=min_score,

@@ -64,19 +64,20 @@ def foreground_dices(pairs: InstancePairs) -> np.ndarray:
     return np.divide(2.0 * pairs.fg_both, total, out=np.ones(total.size), where=total > 0)
 
 
-def quality_of(gt: GroundTruth, pairs: InstancePairs, matches: list[Match]) -> MaskQuality:
-    """Mask quality from the counts of `collect` and the COCO `matches` at mask IoU 0.5."""
-    index_of_id = {int(annotation_id): k for k, annotation_id in enumerate(gt.annotation_ids)}
-    real = [m for m in matches if not gt.iscrowd[index_of_id[m.gt_id]]]
-    iou = np.array([m.iou for m in real], dtype=np.float64)
-    dt = np.array([m.result_index for m in real], dtype=np.int64)
-    gt_index = np.array([index_of_id[m.gt_id] for m in real], dtype=np.int64)
-    boundary = boundary_ious(pairs, dt, gt_index) if real else np.zeros(0)
+def quality_of(
+    gt: GroundTruth, pairs: InstancePairs, dt: np.ndarray, gt_index: np.ndarray, iou: np.ndarray
+) -> MaskQuality:
+    """Mask quality from the counts of `collect` and the COCO matches at mask IoU 0.5 (detection indices,
+    annotation indices, IoUs; pairs with crowd regions are left out here)."""
+    real = gt.iscrowd[gt_index] == 0
+    dt, gt_index, iou = dt[real], gt_index[real], iou[real]
+    num = int(dt.size)
+    boundary = boundary_ious(pairs, dt, gt_index)
     return MaskQuality(
-        num_matched=len(real),
-        mean_iou=float(iou.mean()) if real else None,
-        mean_dice=float(np.mean(2 * iou / (1 + iou))) if real else None,
-        mean_boundary_iou=float(boundary.mean()) if real else None,
+        num_matched=num,
+        mean_iou=float(iou.mean()) if num else None,
+        mean_dice=float(np.mean(2 * iou / (1 + iou))) if num else None,
+        mean_boundary_iou=float(boundary.mean()) if num else None,
         foreground_dice=float(foreground_dices(pairs).mean()),
         min_score=pairs.min_score,
     )
@@ -100,4 +101,7 @@ def mask_quality(
     """Mask quality of segm `results` against `gt` (both checked here), given the COCO `matches` at mask IoU
     0.5 (`match_detections`)."""
     checked, pairs = _collected(gt, results, min_score)
-    return quality_of(checked, pairs, matches)
+    index_of_id = {int(annotation_id): k for k, annotation_id in enumerate(checked.annotation_ids)}
+    dt = np.array([m.result_index for m in matches], dtype=np.int64)
+    gt_index = np.array([index_of_id[m.gt_id] for m in matches], dtype=np.int64)
+    return quality_of(checked, pairs, dt, gt_index, np.array([m.iou for m in matches], dtype=np.float64))

@@ -111,7 +111,7 @@ def _layers(keys: np.ndarray, labels: np.ndarray, canvas: np.ndarray) -> Iterato
 
 def pair_counts(
     a: PixelSets,
-    a_keep: np.ndarray | None,
+    a_keep: np.ndarray | list[np.ndarray] | None,
     b: PixelSets,
     b_keep: np.ndarray | None,
     canvas: np.ndarray,
@@ -124,9 +124,15 @@ def pair_counts(
     `canvas`: an int32 scratch label map, all -1, as large as the canvas (left as it was found). `b` is
     drawn on it, one layer per depth of overlap: pass the set with less overlap (ideally none) as `b`.
 
-    Returns `(a_index, b_index, count)` for the pairs that share at least one pixel.
+    Returns `(a_index, b_index, count)` for the pairs that share at least one pixel; with a list of `a_keep`
+    masks, a list of such triples, one per mask, from one drawing of `b`.
     """
-    a_key, a_mask = (a.key, a.mask) if a_keep is None else (a.key[a_keep], a.mask[a_keep])
+    keeps = a_keep if isinstance(a_keep, list) else [a_keep]
+    if any(keep is None for keep in keeps):
+        a_entries = np.arange(a.key.size)
+    else:
+        a_entries = np.flatnonzero(np.logical_or.reduce(keeps))
+    a_key, a_mask = a.key[a_entries], a.mask[a_entries]
     b_key, b_mask = (b.key, b.mask) if b_keep is None else (b.key[b_keep], b.mask[b_keep])
     # Dense per-image pair indices: image i's pairs occupy na_i * nb_i slots.
     na = np.bincount(a_image, minlength=num_images)
@@ -138,18 +144,25 @@ def pair_counts(
     # Each a-entry's slot base: its image's first slot + its mask's row of nb slots.
     a_base = slot_start[a_image] + (np.arange(a_image.size) - a_first[a_image]) * nb[a_image]
     entry_base = a_base[a_mask]
-    codes = []
+    codes, found_entries = [], []
+    looking = np.arange(a_key.size)  # a pixel empty in one layer is empty in every later one
     for layer in _layers(b_key, b_local[b_mask], canvas):
-        hit = layer[a_key]
+        hit = layer[a_key[looking]]
         found = hit >= 0
-        codes.append(entry_base[found] + hit[found])
-    counts = np.bincount(np.concatenate(codes) if codes else np.zeros(0, np.int64), minlength=slot_start[-1])
-    slots = np.flatnonzero(counts)
-    image = np.searchsorted(slot_start, slots, side="right") - 1
-    local = slots - slot_start[image]
-    a_index = a_first[image] + local // nb[image]
-    b_index = b_first[image] + local % nb[image]
-    return a_index, b_index, counts[slots].astype(np.int64)
+        looking = looking[found]
+        codes.append(entry_base[looking] + hit[found])
+        found_entries.append(a_entries[looking])
+    all_codes = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+    all_entries = np.concatenate(found_entries) if found_entries else np.zeros(0, np.int64)
+    out = []
+    for keep in keeps:
+        chosen = all_codes if keep is None else all_codes[keep[all_entries]]
+        counts = np.bincount(chosen, minlength=slot_start[-1])
+        slots = np.flatnonzero(counts)
+        image = np.searchsorted(slot_start, slots, side="right") - 1
+        local = slots - slot_start[image]
+        out.append((a_first[image] + local // nb[image], b_first[image] + local % nb[image], counts[slots]))
+    return out if isinstance(a_keep, list) else out[0]
 
 
 def image_chunks(heights: np.ndarray, widths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:

@@ -153,7 +153,7 @@ def rle_runs(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.
     difference to the run two places back. Vectorised over all strings, as evaluation checks 10^5-10^6 masks.
     """
     num = len(counts)
-    if num and all(isinstance(c, str) for c in counts):
+    if num and set(map(type, counts)) == {str}:
         joined = "".join(counts).encode("utf-8")
         lengths = np.fromiter(map(len, counts), dtype=np.int64, count=num)
         if len(joined) != lengths.sum():  # non-ASCII characters (never valid): count bytes, not characters
