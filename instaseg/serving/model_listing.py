@@ -1,5 +1,6 @@
 """What `GET /v1/models` reports: each registered model's versions from the registry, joined with what this
-process has loaded (state, live latency / error / score summary for comparing a canary with production)."""
+process has loaded (state, live latency / error / score summary for comparing a canary with production), and
+each version's latest golden-set quality-gate decision."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def _model(registry: ModelRegistry, deployments: DeploymentManager, config: Serv
         loaded = {
             served.version: served for served in (active.production, active.canary) if served is not None
         }
+    gates = registry.quality_gates(name)
     versions = []
     for entry in registry.versions(name):
         if entry.version == deployment.production:
@@ -52,6 +54,7 @@ def _model(registry: ModelRegistry, deployments: DeploymentManager, config: Serv
                 "created_at": entry.created_at,
                 "sha256": entry.sha256,
                 "live": served.summary.summary() if served is not None else None,
+                "quality_gate": gates.get(entry.version),
             }
         )
     limits = config.limits

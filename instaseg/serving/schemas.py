@@ -141,6 +141,8 @@ class ModelVersionOut(BaseModel):
     created_at: str
     sha256: str
     live: LiveStats | None = None
+    # The latest golden-set quality-gate decision on this version (`golden.GateDecision`), if it had one.
+    quality_gate: dict[str, Any] | None = None
 
 
 class InputLimits(BaseModel):

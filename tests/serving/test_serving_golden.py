@@ -21,6 +21,7 @@ from test_serving_http import png, tiny_checkpoint
 from instaseg.cli.main import main
 from instaseg.inference import Predictor
 from instaseg.inference.postprocess import PostprocessOptions
+from instaseg.serving.config import ServingConfig
 from instaseg.serving.golden import (
     GateError,
     GateRefused,
@@ -31,8 +32,10 @@ from instaseg.serving.golden import (
     define_golden_set,
     evaluate_on_golden_set,
 )
+from instaseg.serving.model_listing import list_models
 from instaseg.serving.registration import register_model
 from instaseg.serving.registry import Deployment, ModelRegistry, RegistryError
+from instaseg.serving.schemas import ModelOut
 
 
 def golden_from_predictions(checkpoint: Path, folder: Path, count: int = 2) -> Path:
@@ -305,3 +308,25 @@ def test_set_golden_names_missing_images(setup: Setup, tmp_path: Path, capsys: p
     ]
     assert main(command) == 2
     assert "2 of 2 images missing: id 1" in capsys.readouterr().err
+
+
+class NothingLoaded:
+    """What `list_models` asks a `DeploymentManager`, for a process that has loaded nothing yet."""
+
+    def states(self) -> dict:
+        return {}
+
+    def active(self) -> dict:
+        return {}
+
+
+def test_v1_models_shows_each_versions_gate_decision(setup: Setup) -> None:
+    define_golden_set(setup.registry, "nuclei", setup.gt, setup.images)
+    with pytest.raises(GateRefused):
+        check_promotion(setup.registry, "nuclei", 2)
+    (model,) = list_models(setup.registry, NothingLoaded(), ServingConfig(registry=str(setup.registry.root)))
+    validated = ModelOut.model_validate(model)  # the response schema of GET /v1/models keeps the field
+    first, second = validated.versions
+    assert first.quality_gate is None
+    assert second.quality_gate is not None and second.quality_gate["passed"] is False
+    assert second.quality_gate["production"]["value"] == pytest.approx(1.0)
