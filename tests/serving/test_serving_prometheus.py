@@ -263,3 +263,11 @@ def test_promtool_unit_tests_can_fail(rule_file: tuple[dict[str, Any], Path]) ->
         timeout=120,
     )
     assert done.returncode != 0 and "InstasegAvailabilityBudgetBurn" in done.stdout + done.stderr
+
+
+def test_the_example_prometheus_config_is_valid_with_generated_rules(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "prometheus.yml"
+    (tmp_path / "prometheus.yml").write_text(example.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "instaseg-rules.yml").write_text(rules_yaml(prometheus_rules(CONFIG, ["nuclei"])))
+    output = run_promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert "SUCCESS: 1 rule files found" in output
