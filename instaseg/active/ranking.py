@@ -56,6 +56,13 @@ class Method(str, Enum):
     HYBRID = "hybrid"
 
 
+# The component each uncertainty method ranks by; the diversity methods score in `_diversity_order`.
+_SCORE_KEY = {
+    Method.MEAN_UNCERTAINTY: "mean_entropy",
+    Method.MAX_UNCERTAINTY: "max_entropy",
+    Method.MASK_UNCERTAINTY: "mask_entropy",
+    Method.TTA_DISAGREEMENT: "tta_disagreement",
+}
 _NEEDS_FEATURES = (Method.CORESET, Method.HYBRID)
 _NEEDS_DETECTIONS = (
     Method.MEAN_UNCERTAINTY,
@@ -164,9 +171,10 @@ def rank_images(
         components = _components(model, image, method, options)
         if method in _NEEDS_FEATURES:
             features.append(_features(model, image))
-        score = (
-            float(rng.random()) if method is Method.RANDOM else components.get(_SCORE_KEY.get(method), 0.0)
-        )
+        if method is Method.RANDOM:
+            score = float(rng.random())
+        else:
+            score = components[_SCORE_KEY[method]] if method in _SCORE_KEY else 0.0
         scored.append(RankedImage(path, score, components))
     _check_budget(budget, len(scored), failures)
     if method in _NEEDS_FEATURES:
@@ -178,14 +186,6 @@ def rank_images(
         image.rank = rank
         image.selected = rank <= budget
     return Ranking(method, budget, ordered, failures)
-
-
-_SCORE_KEY = {
-    Method.MEAN_UNCERTAINTY: "mean_entropy",
-    Method.MAX_UNCERTAINTY: "max_entropy",
-    Method.MASK_UNCERTAINTY: "mask_entropy",
-    Method.TTA_DISAGREEMENT: "tta_disagreement",
-}
 
 
 def _check_budget(budget: int, pool: int, failures: list[InputFailure]) -> None:

@@ -410,7 +410,7 @@ def _load_tasks(path: Path) -> list[Any]:
 def _image_file(url: str, root: Path) -> tuple[Path, str]:
     """The image file a task's image URL names, and its `file_name` relative to `root`."""
     parsed = urlparse(url)
-    local = parse_qs(parsed.query).get("d") if parsed.path.endswith("/data/local-files/") else None
+    local = parse_qs(parsed.query).get("d") if parsed.path.rstrip("/").endswith("/data/local-files") else None
     if local:
         name = Path(local[0])
     elif parsed.scheme or url.startswith("/data/"):
