@@ -1,0 +1,63 @@
+"""benchmarks/bench_active_learning.py: its area under the curve and its summary over seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_active_learning.py"
+
+
+@pytest.fixture(scope="module")
+def bench():  # noqa: ANN201 (a module loaded from its path)
+    spec = importlib.util.spec_from_file_location("bench_active_learning", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_area_under_curve_is_the_mean_over_the_interval(bench) -> None:  # noqa: ANN001
+    x = np.array([0.0, 1.0, 2.0])
+    assert bench.area_under_curve(x, np.array([0.3, 0.3, 0.3]), 0.0, 2.0) == pytest.approx(0.3)
+    assert bench.area_under_curve(x, np.array([0.0, 1.0, 2.0]), 0.0, 2.0) == pytest.approx(1.0)
+    assert bench.area_under_curve(x, np.array([0.0, 1.0, 2.0]), 1.0, 2.0) == pytest.approx(1.5)
+
+
+def _row(method: str, seed: int, round_index: int, images: int, objects: int, ap: float) -> dict:
+    return {
+        "method": method,
+        "seed": seed,
+        "round": round_index,
+        "images": images,
+        "image_fraction": images / 10,
+        "objects": objects,
+        "segm_AP": ap,
+    }
+
+
+def test_summary_compares_methods_on_the_shared_object_range(bench) -> None:  # noqa: ANN001
+    rows = [
+        _row("random", 0, 0, 1, 10, 0.1),
+        _row("random", 0, 1, 2, 20, 0.3),
+        _row("random", 1, 0, 1, 12, 0.2),
+        _row("random", 1, 1, 2, 22, 0.4),
+        _row("coreset", 0, 0, 1, 10, 0.1),
+        _row("coreset", 0, 1, 2, 40, 0.5),
+    ]
+    summary = bench.summarise(rows)
+    assert summary["auc_ranges"] == {"image_fraction": [0.1, 0.2], "objects": [12, 20]}
+    random = summary["random"]
+    assert random["seeds"] == 2
+    assert random["rounds"][1]["segm_AP_mean"] == pytest.approx(0.35)
+    assert random["rounds"][1]["segm_AP_std"] == pytest.approx(0.05)
+    assert random["auc_images_mean"] == pytest.approx(0.25)
+    # Over objects 12..20: seed 0 runs 0.14 -> 0.3 (mean 0.22), seed 1 runs 0.2 -> 0.36 (mean 0.28).
+    assert random["auc_objects_mean"] == pytest.approx(0.25)
+    assert random["auc_objects_std"] == pytest.approx(0.03)
+    # coreset pays 40 objects for its second round: on objects 12..20 it is only 0.113..0.167 along.
+    assert summary["coreset"]["auc_objects_mean"] == pytest.approx(
+        (0.1 + 0.4 * 2 / 30 + 0.1 + 0.4 * 10 / 30) / 2
+    )
