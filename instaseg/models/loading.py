@@ -3,7 +3,8 @@
 Sources, tried in this order:
 - a model object that implements the protocol: returned as it is;
 - None: the bundled default model (`instaseg.models.default_model`);
-- a name of `MODEL_CONFIGS` or a model-config file (`.yaml` / `.yml` / `.json`): random weights, for tests,
+- a name of `MODEL_CONFIGS` (Mask R-CNN) or of `CONDINST_CONFIGS` (CondInst), or a Mask R-CNN model-config
+  file (`.yaml` / `.yml` / `.json`): random weights, for tests,
   timing and training starts;
 - an `.onnx` file written by `instaseg export`: run on ONNX Runtime (`OnnxMaskRCNN`);
 - a model file (`instaseg.models.model_file`, training checkpoints included; old version-1 files too);
@@ -19,6 +20,8 @@ from typing import Any
 
 from instaseg.models.build import CONFIG_SUFFIXES, MODEL_CONFIGS, build, load_weights, resolve_config
 from instaseg.models.coco_names import COCO_CATEGORY_NAMES
+from instaseg.models.condinst.build import CONDINST_CONFIGS, build_condinst, load_condinst_weights
+from instaseg.models.condinst.config import CondInstConfig
 from instaseg.models.config import MaskRCNNConfig
 from instaseg.models.default_model import default_model_path
 from instaseg.models.mask_rcnn import MaskRCNN
@@ -39,12 +42,15 @@ def load_model(source: ModelSource = None) -> SegmentationModel:
         source = default_model_path()
     if isinstance(source, str) and source in MODEL_CONFIGS:
         return build(source)
+    if isinstance(source, str) and source in CONDINST_CONFIGS:
+        return build_condinst(source)
     path = Path(source)
     if path.suffix in CONFIG_SUFFIXES:
         return build(resolve_config(path))
     if not path.is_file():
         raise FileNotFoundError(
-            f"model {str(source)!r} is neither a file nor a model name ({', '.join(MODEL_CONFIGS)})"
+            f"model {str(source)!r} is neither a file nor a model name "
+            f"({', '.join([*MODEL_CONFIGS, *CONDINST_CONFIGS])})"
         )
     if path.suffix == ".onnx":
         from instaseg.models.onnx_runtime import (
@@ -65,6 +71,9 @@ def model_from_file(model_file: ModelFile, source: str = "model file") -> Segmen
         config = MaskRCNNConfig.from_dict(model_file.config, source=f"{source} (config)")
         model = build(config)
         load_weights(model, model_file.state_dict, source)
+    elif model_file.family == "condinst":
+        model = build_condinst(CondInstConfig.from_dict(model_file.config, source=f"{source} (config)"))
+        load_condinst_weights(model, model_file.state_dict, source)
     else:  # ModelFile refuses unknown families; a new family adds its branch here
         raise WeightsError(f"{source}: no constructor for model family {model_file.family!r}")
     model.categories = model_file.categories

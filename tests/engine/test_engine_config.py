@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from instaseg.engine.config import ConfigError, apply_overrides, load_config, save_config
+from instaseg.models.condinst.config import CondInstConfig
 
 EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -97,8 +98,10 @@ def test_overrides_do_not_touch_the_input():
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda path: path.name)
 def test_example_configs_are_valid(path):
     config = load_config(path)
+    model = config.model.model_config(None)
+    limit = model.detections_per_img if isinstance(model, CondInstConfig) else model.box_detections_per_img
     # COCO AP must count every detection the model may return.
-    assert config.train.eval_max_detections == config.model.model_config(None).box_detections_per_img
+    assert config.train.eval_max_detections == limit
 
 
 def test_nuclei_config_targets_dense_small_objects():
