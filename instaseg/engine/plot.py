@@ -9,7 +9,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from instaseg.engine.metrics_log import read_metrics
-from instaseg.engine.trainer import LOSS_KEYS
 from instaseg.io.atomic import atomic_write
 
 AP_KEYS = ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50")
@@ -43,7 +42,8 @@ def _plot_losses(records: list[dict], path: Path, title: str) -> Path:
     FigureCanvasAgg(figure)
     losses, rates = figure.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     iterations = [r["iteration"] for r in records]
-    for key in ("loss", *LOSS_KEYS):
+    loss_keys = sorted({key for record in records for key in record if key.startswith("loss_")})
+    for key in ("loss", *loss_keys):
         values = [_value(r.get(key)) for r in records]
         losses.plot(iterations, values, label=key, linewidth=2.0 if key == "loss" else 1.0)
     losses.set_yscale("log")
