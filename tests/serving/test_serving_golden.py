@@ -34,7 +34,7 @@ from instaseg.serving.golden import (
 )
 from instaseg.serving.model_listing import list_models
 from instaseg.serving.registration import register_model
-from instaseg.serving.registry import Deployment, ModelRegistry, RegistryError
+from instaseg.serving.registry import Deployment, ModelRegistry, RegistryError, open_registry
 from instaseg.serving.schemas import ModelOut
 
 
@@ -330,3 +330,37 @@ def test_v1_models_shows_each_versions_gate_decision(setup: Setup) -> None:
     assert first.quality_gate is None
     assert second.quality_gate is not None and second.quality_gate["passed"] is False
     assert second.quality_gate["production"]["value"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_golden_sets_and_gate_decisions_are_stored_by_both_registry_backends(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        registry = open_registry(tmp_path / "registry")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        registry = open_registry(
+            f"{url}?checkpoints={tmp_path / 'store'}&checkpoint_cache={tmp_path / 'cache'}"
+        )
+    try:
+        checkpoint = tmp_path / "model.pt"
+        checkpoint.write_bytes(b"weights")
+        for _ in range(2):
+            registry.register("nuclei", checkpoint, [{"id": 1, "name": "nucleus"}], {})
+        assert (
+            registry.golden_set("nuclei") is None and registry.quality_gates("nuclei") == {}
+        )  # no tables yet
+        registry.set_golden_set("nuclei", {"metric": "mask_ap", "margin": 0.01})
+        registry.set_golden_set("nuclei", {"metric": "dsb", "margin": 0.02})
+        assert registry.golden_set("nuclei") == {"metric": "dsb", "margin": 0.02}
+        registry.record_quality_gate("nuclei", 2, {"passed": False})
+        registry.record_quality_gate("nuclei", 2, {"passed": True, "forced": False})
+        assert registry.quality_gates("nuclei") == {2: {"passed": True, "forced": False}}
+        with pytest.raises(RegistryError, match="no model named 'cells'"):
+            registry.set_golden_set("cells", {})
+        with pytest.raises(RegistryError, match="has no version 7"):
+            registry.record_quality_gate("nuclei", 7, {})
+        assert registry.deployment("nuclei").production == 1
+    finally:
+        registry.close()
