@@ -23,7 +23,7 @@ or a test can see an alert fire in seconds instead of hours.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +183,7 @@ def _burn_alert(
     objective: ModelSlo,
     windows: tuple[BurnWindow, ...],
     period_s: float,
-    duration: Any,
+    duration: Callable[[float], str],
 ) -> dict[str, Any]:
     conditions = []
     for window in windows:
@@ -212,7 +212,9 @@ def _burn_alert(
     }
 
 
-def _service_alerts(config: ServingConfig, job: str, duration: Any) -> list[dict[str, Any]]:
+def _service_alerts(
+    config: ServingConfig, job: str, duration: Callable[[float], str]
+) -> list[dict[str, Any]]:
     routes = "|".join(PREDICT_ROUTES)
     queue_wait = QUEUE_WAIT_SHARE_OF_TIMEOUT * config.request_timeout_s
 
