@@ -14,6 +14,7 @@ with `multimask=True` (the three disambiguating answers) else 1, ordered prompt 
 `scores` = predicted IoU, `stability_score` (IoU of the masks at logit thresholds +1 and -1),
 `low_res_logits (B * C, 256, 256)` (feed one back as `mask_input`), `prompt_index (B * C,)`; `labels` are 1
 (SAM is class-agnostic); boxes are the masks' tight boxes x1y1x2y2 in original pixels (x2, y2 exclusive).
+`refine(detections)` turns another model's boxes (e.g. Mask R-CNN's `Instances`) into SAM masks.
 """
 
 from __future__ import annotations
@@ -151,6 +152,38 @@ class SamPredictor:
                 self._decode(embedding, coords, point_labels, box_tensor, masks_in, chunk, count, multimask)
             )
         return Instances.cat(results)
+
+    @torch.no_grad()
+    def refine(self, detections: Instances) -> Instances:
+        """A detector's instances of the current image with SAM masks: every box is a prompt (one batched
+        call, one mask each). Boxes, labels, scores and fields stay the detector's, less `mask_logits`;
+        `masks` are replaced by SAM's, and `sam_iou` / `sam_stability_score` are added. Detections of an
+        image of another size than the current one are refused."""
+        if detections.image_size != self.original_size:
+            raise PromptError(
+                f"detections: image size {detections.image_size}, the current image is {self.original_size}"
+            )
+        height, width = self.original_size
+        # `mask_logits` describe the detector's masks; kept, they would let a re-threshold undo SAM's.
+        fields = {name: value for name, value in detections.fields.items() if name != "mask_logits"}
+        if len(detections) == 0:
+            masks = Masks.from_bitmaps(torch.zeros(0, height, width, dtype=torch.bool))
+            iou = stability = torch.zeros(0)
+        else:
+            limits = detections.boxes.new_tensor([width, height, width, height])
+            boxes = torch.minimum(detections.boxes.clamp(min=0), limits)  # boxes may overhang the image
+            found = self.predict(boxes=boxes, multimask=False)
+            masks, iou, stability = found.masks, found.scores, found.fields["stability_score"]
+        return Instances(
+            detections.image_size,
+            detections.boxes,
+            detections.labels,
+            detections.scores,
+            masks.to(detections.device),
+            **fields,
+            sam_iou=iou.to(detections.device),
+            sam_stability_score=stability.to(detections.device),
+        )
 
     def _decode(
         self,

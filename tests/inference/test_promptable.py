@@ -150,3 +150,27 @@ def test_a_second_image_replaces_the_embedding() -> None:
     assert predictor.original_size == (30, 50) and predictor.input_size == (614, 1024)
     assert (predictor.embedding - first).abs().max() > 1e-3
     assert len(predictor.predict(points=[[49, 29]], labels=[1])) == 3
+
+
+def test_refine_replaces_a_detectors_masks_with_sams(predictor: SamPredictor) -> None:
+    from instaseg.structures.instances import Instances
+    from instaseg.structures.masks import Masks
+
+    detections = Instances(
+        (60, 80),
+        torch.tensor([[5.0, 5.0, 40.0, 30.0], [-3.0, 10.0, 85.0, 50.0]]),  # the second overhangs the image
+        torch.tensor([2, 7]),
+        torch.tensor([0.9, 0.4]),
+        Masks.from_bitmaps(torch.zeros(2, 60, 80, dtype=torch.bool)),
+        mask_logits=torch.zeros(2, 28, 28),
+    )
+    refined = predictor.refine(detections)
+    assert refined.labels.tolist() == [2, 7] and refined.scores.tolist() == pytest.approx([0.9, 0.4])
+    torch.testing.assert_close(refined.boxes, detections.boxes)
+    expected = predictor.predict(boxes=[[5, 5, 40, 30], [0, 10, 80, 50]], multimask=False)
+    assert torch.equal(refined.masks.bitmaps(), expected.masks.bitmaps())
+    torch.testing.assert_close(refined.fields["sam_iou"], expected.scores)
+    assert "mask_logits" not in refined.fields and "sam_stability_score" in refined.fields
+    assert len(predictor.refine(detections[:0])) == 0
+    with pytest.raises(PromptError, match=r"detections: image size \(10, 10\)"):
+        predictor.refine(detections[:0].replace(image_size=(10, 10), masks=None))
