@@ -8,8 +8,9 @@ full disk leaves either the previous complete file or none, never a truncated on
   `bbox` [x, y, w, h], `score`, `segmentation` (compressed RLE, `counts` str); `instaseg eval` and
   pycocotools read it as is (they ignore `file_name`).
 - `images.json`: `{"images": [{"id", "file_name", "height", "width"}], "categories": [{"id", "name"}],
-  "failures": [{"file", "reason"}]}`: every finished image (also those without detections), so that
-  results.json plus images.json form a COCO dataset of the predictions.
+  "thresholds": {"score_threshold", "mask_threshold"}, "failures": [{"file", "reason"}]}`: every finished
+  image (also those without detections), so that results.json plus images.json form a COCO dataset of the
+  predictions, and the thresholds the predictions were made with (given, or the model's operating point).
 - label maps: a PNG per image of its size, pixel value k = the k-th instance of the image in results.json
   (1-based, by decreasing score), 0 = background; 8-bit up to 255 instances, else 16-bit. Where masks
   overlap, the higher-scoring instance owns the pixel.
@@ -77,6 +78,7 @@ class ResultsFile:
 
     folder: Path
     categories: list[dict] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
     images: list[dict] = field(default_factory=list)
     results: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
@@ -96,7 +98,12 @@ class ResultsFile:
         write_json(self.folder / "results.json", self.results)
         write_json(
             self.folder / "images.json",
-            {"images": self.images, "categories": self.categories, "failures": self.failures},
+            {
+                "images": self.images,
+                "categories": self.categories,
+                "thresholds": self.thresholds,
+                "failures": self.failures,
+            },
         )
 
 

@@ -42,18 +42,22 @@ PER_IMAGE_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Which per-image files to write besides results.json / images.json."""
+    """Which per-image files to write besides results.json / images.json. `overlay_labels`: text on the
+    overlays (None: only where it fits; see `draw_overlay`)."""
 
     overlay: bool = False
+    overlay_labels: bool | None = None
     label_maps: bool = False
     polygons: bool = False
 
 
 @dataclass
 class PredictionSummary:
-    """What a run did: finished images, instances found, failures (input and reason), wall time."""
+    """What a run did: finished images, instances found, failures (input and reason), wall time, and the
+    score and mask thresholds the predictions used."""
 
     out_dir: Path
+    thresholds: dict[str, float] = field(default_factory=dict)
     images: int = 0
     instances: int = 0
     failures: list[InputFailure] = field(default_factory=list)
@@ -68,6 +72,9 @@ class PredictionSummary:
             f"{self.images} images, {self.instances} instances in {self.seconds:.1f} s "
             f"({self.images_per_second:.2f} images/s); results in {self.out_dir / 'results.json'}"
         ]
+        if self.thresholds:
+            used = ", ".join(f"{name} {value:g}" for name, value in self.thresholds.items())
+            lines.append(f"thresholds: {used}")
         if self.failures:
             lines.append(f"{len(self.failures)} failed:")
             lines.extend(f"  {failure.source}: {failure.reason}" for failure in self.failures)
@@ -104,10 +111,11 @@ def predict_files(
         if wanted:
             ensure_writable_folder(out_dir / name)
 
-    results = ResultsFile(out_dir, categories=predictor.categories)
+    thresholds = used_thresholds(predictor)
+    results = ResultsFile(out_dir, categories=predictor.categories, thresholds=thresholds)
     for failure in failures:
         results.add_failure(failure.source, failure.reason)
-    summary = PredictionSummary(out_dir, failures=list(failures))
+    summary = PredictionSummary(out_dir, thresholds=thresholds, failures=list(failures))
     used_stems: set[str] = set()
     position = {path: index for index, path in enumerate(files)}
     start = time.perf_counter()
@@ -149,6 +157,13 @@ def predict_files(
         summary.seconds = time.perf_counter() - start
         results.save()
     return summary
+
+
+def used_thresholds(predictor: Predictor) -> dict[str, float]:
+    """`{"score_threshold", "mask_threshold"}` the predictor applies: the options given, else the model's
+    recommended operating point (the `Predictor` resolves them)."""
+    options = predictor.postprocess_options
+    return {"score_threshold": options.score_threshold, "mask_threshold": options.mask_threshold}
 
 
 def _predict_batch(
@@ -214,7 +229,8 @@ def _write_image_outputs(
     try:
         if outputs.overlay:
             target = out_dir / "overlays" / f"{stem}.png"
-            write_bytes(target, encode_png(draw_overlay(image, instances, predictor.class_names)))
+            drawn = draw_overlay(image, instances, predictor.class_names, labels=outputs.overlay_labels)
+            write_bytes(target, encode_png(drawn))
             record["overlay"] = str(target.relative_to(out_dir))
         if outputs.label_maps:
             target = out_dir / "label_maps" / f"{stem}.png"

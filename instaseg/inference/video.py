@@ -1,7 +1,8 @@
 """Predict on a video (or a folder of frames) with stable track ids: what `instaseg predict --video` does.
 
-Writes `tracks.json`: `{"source", "fps", "categories": [{"id", "name"}], "frames": [{"index", "name",
-"height", "width"}], "instances": [...], "failures": [{"file", "reason"}]}`, where each instance is a COCO
+Writes `tracks.json`: `{"source", "fps", "categories": [{"id", "name"}], "thresholds": {"score_threshold",
+"mask_threshold"}, "frames": [{"index", "name", "height", "width"}], "instances": [...], "failures": [{"file",
+"reason"}]}`, where each instance is a COCO
 result record (`image_id` = frame index + 1, `category_id`, `bbox`, `score`, `segmentation` RLE) plus its
 `track_id`. It is rewritten every `save_every` seconds and at the end, also after an interruption. With
 `overlay`, a video file gets `<stem>_overlay.mp4` (written under a temporary name, renamed when complete) and
@@ -30,7 +31,7 @@ from instaseg.inference.outputs import (
 )
 from instaseg.inference.overlay import draw_overlay
 from instaseg.inference.predictor import Predictor
-from instaseg.inference.runner import PER_IMAGE_ERRORS
+from instaseg.inference.runner import PER_IMAGE_ERRORS, used_thresholds
 from instaseg.inference.tracking import Tracker, TrackerOptions
 from instaseg.io.images import to_tensor
 
@@ -113,6 +114,7 @@ def predict_video(
         "source": str(frames.source),
         "fps": frames.fps,
         "categories": predictor.categories,
+        "thresholds": used_thresholds(predictor),
         "frames": [],
         "instances": [],
         "failures": [],

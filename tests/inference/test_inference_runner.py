@@ -11,8 +11,10 @@ from PIL import Image
 
 import instaseg.io.atomic as atomic
 from instaseg.inference.outputs import OutputWriteError
+from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.runner import OutputOptions, predict_files
+from instaseg.models.protocol import OperatingPoint
 
 DISCS = [(20.0, 30.0, 8.0), (40.0, 70.0, 10.0)]
 
@@ -189,3 +191,21 @@ def test_per_image_file_names_never_collide() -> None:
         names.append(_unused_stem(stem, image_id, used))
         used.add(names[-1])
     assert names == ["a_3", "a", "a_3_2", "a_4"]
+
+
+def test_images_json_and_the_summary_say_which_thresholds_were_used(tmp_path, image_folder, make_segmenter):
+    model = make_segmenter()
+    model.operating_point = OperatingPoint(score_threshold=0.7, mask_threshold=0.6)
+    summary = predict_files([image_folder / "two.png"], tmp_path / "a", Predictor(model, tiling=None))
+    assert read(tmp_path / "a" / "images.json")["thresholds"] == {
+        "score_threshold": 0.7,
+        "mask_threshold": 0.6,
+    }
+    assert "thresholds: score_threshold 0.7, mask_threshold 0.6" in summary.format()
+    # A threshold the user gives wins; the other one stays the model's.
+    given = Predictor(model, tiling=None, postprocess=PostprocessOptions(score_threshold=0.05))
+    predict_files([image_folder / "two.png"], tmp_path / "b", given)
+    assert read(tmp_path / "b" / "images.json")["thresholds"] == {
+        "score_threshold": 0.05,
+        "mask_threshold": 0.6,
+    }

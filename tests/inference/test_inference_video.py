@@ -35,6 +35,7 @@ def test_track_ids_are_stable_across_a_video(tmp_path, make_segmenter, make_disc
     assert summary.frames == FRAMES and summary.tracks == 2 and summary.failures == []
     document = json.loads((out / "tracks.json").read_text())
     assert document["fps"] == 10.0 and len(document["frames"]) == FRAMES
+    assert document["thresholds"] == {"score_threshold": 0.05, "mask_threshold": 0.5}  # no operating point
     ids_by_object: dict[str, set[int]] = {"top": set(), "bottom": set()}
     for record in document["instances"]:
         x, y, w, h = record["bbox"]
