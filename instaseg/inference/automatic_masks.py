@@ -20,7 +20,9 @@ Two modes:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -33,6 +35,7 @@ import torch
 from instaseg.inference.mask_crops import MaskCrop, masks_from_crops
 from instaseg.inference.promptable import SamPredictor, stability_score
 from instaseg.io.images import ImageSource, load_image
+from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions
 from instaseg.models.sam import MASK_THRESHOLD, Sam
 from instaseg.models.sam.transforms import postprocess_matrices, scale_coords
 from instaseg.ops import nms
@@ -43,6 +46,7 @@ from instaseg.structures.masks import rle_area
 __all__ = [
     "AutomaticMaskGenerator",
     "AutomaticMaskSettings",
+    "SamEverythingModel",
     "build_point_grid",
     "crop_boxes",
     "sam_records",
@@ -295,6 +299,65 @@ def _passing(scores: torch.Tensor, threshold: float, strict: bool) -> torch.Tens
     if threshold <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
     return scores > threshold if strict else scores >= threshold
+
+
+class SamEverythingModel:
+    """Automatic mask generation behind the `SegmentationModel` protocol (`instaseg.models.protocol`), so that
+    `load_model`, `Predictor`, `instaseg predict` and the service can run a SAM checkpoint: `detect` segments
+    everything in each image. One class, 1 = "object"; scores are predicted IoUs, by decreasing score.
+
+    `DetectOptions`: `score_threshold` drops masks whose predicted IoU is at or below it (after the
+    generator's own `pred_iou_thresh`), `iou_threshold` replaces `box_nms_thresh`, `max_detections` keeps the
+    best; `input_scale` other than 1 is refused (SAM's input is always 1024 pixels on the long side).
+    """
+
+    operating_point = None
+
+    def __init__(
+        self, model: Sam | SamPredictor | str | Path, settings: AutomaticMaskSettings | None = None
+    ) -> None:
+        self.generator = AutomaticMaskGenerator(model, settings)
+        self.categories: list[dict] | None = [{"id": 1, "name": "object"}]
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "family": "sam",
+            "backbone": self.generator.predictor.model.arch,
+            "num_classes": self.num_classes,
+            "mode": self.generator.settings.mode,
+        }
+
+    def batch_key(self, image_size: tuple[int, int], options: DetectOptions) -> Hashable:
+        # Each image is embedded and decoded on its own, so any images may share a call.
+        return "sam"
+
+    def detect(
+        self, images: Sequence[torch.Tensor], options: DetectOptions = DEFAULT_DETECT_OPTIONS
+    ) -> list[Instances]:
+        """`(3, H, W)` float images in [0, 1] -> one `Instances` each (masks as RLE)."""
+        if options.input_scale != 1.0:
+            raise ValueError(
+                f"SAM: DetectOptions.input_scale must be 1 (fixed input size), got {options.input_scale}"
+            )
+        generator = self.generator
+        if options.iou_threshold is not None:
+            settings = dataclasses.replace(generator.settings, box_nms_thresh=options.iou_threshold)
+            generator = AutomaticMaskGenerator(generator.predictor, settings)
+        results = []
+        for index, image in enumerate(images):
+            if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"SAM detect: image {index} must be a (3, H, W) tensor")
+            rgb = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            found = generator.generate(rgb)
+            if options.score_threshold is not None:
+                found = found[found.scores > options.score_threshold]
+            order = torch.argsort(found.scores, descending=True, stable=True)[: options.max_detections]
+            results.append(found[order])
+        return results
 
 
 def size_of(image: np.ndarray) -> tuple[int, int]:

@@ -186,3 +186,29 @@ def test_records_use_the_official_bbox_convention() -> None:
         assert record["area"] == area
         assert record["point_coords"] == [[24.0, 16.0]]
         assert record["crop_box"] == [0, 0, 48, 32]
+
+
+def test_everything_model_follows_the_segmentation_protocol() -> None:
+    from instaseg.inference.automatic_masks import SamEverythingModel
+    from instaseg.models.protocol import DetectOptions, SegmentationModel
+    from instaseg.models.sam import is_sam_checkpoint
+
+    torch.manual_seed(0)
+    predictor = StoredEmbedding(mobile_sam(), torch.randn(1, 256, 64, 64), (683, 1024))
+    model = SamEverythingModel(
+        predictor, AutomaticMaskSettings(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    )
+    assert isinstance(model, SegmentationModel)
+    assert model.summary() == {"family": "sam", "backbone": "vit_t", "num_classes": 2, "mode": "exact"}
+    image = torch.rand(3, 32, 48)
+    (found,) = model.detect([image])
+    assert found.image_size == (32, 48) and (found.labels == 1).all()
+    assert torch.equal(found.scores, found.scores.sort(descending=True).values)
+    (capped,) = model.detect([image], DetectOptions(max_detections=1))
+    assert len(capped) == 1 and capped.scores[0] == found.scores[0]
+    (strict,) = model.detect([image], DetectOptions(score_threshold=float(found.scores.max())))
+    assert len(strict) == 0
+    with pytest.raises(ValueError, match="input_scale must be 1"):
+        model.detect([image], DetectOptions(input_scale=0.5))
+    assert is_sam_checkpoint({"model": predictor.model.state_dict()})
+    assert not is_sam_checkpoint({"backbone.body.conv1.weight": torch.zeros(1)})

@@ -5,7 +5,13 @@ ones. Files: `vit_encoder.py`, `tiny_vit.py` (image encoders), `prompt_encoder.p
 `sam.py` (composition), `transforms.py` (resize, prompt scaling, mask post-processing), `checkpoint.py`.
 """
 
-from instaseg.models.sam.checkpoint import SamCheckpointError, detect_architecture, load_sam, sam_state_dict
+from instaseg.models.sam.checkpoint import (
+    SamCheckpointError,
+    detect_architecture,
+    is_sam_checkpoint,
+    load_sam,
+    sam_state_dict,
+)
 from instaseg.models.sam.sam import MASK_THRESHOLD, Sam, mobile_sam, sam_vit
 from instaseg.models.sam.vit_encoder import VIT_B, VIT_H, VIT_L, ViTConfig
 
@@ -18,6 +24,7 @@ __all__ = [
     "SamCheckpointError",
     "ViTConfig",
     "detect_architecture",
+    "is_sam_checkpoint",
     "load_sam",
     "mobile_sam",
     "sam_state_dict",

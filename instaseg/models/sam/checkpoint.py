@@ -18,7 +18,7 @@ import torch
 from instaseg.models.sam.sam import Sam, mobile_sam, sam_vit
 from instaseg.models.sam.vit_encoder import EMBEDDING_SIZE, VIT_B, VIT_H, VIT_L, ViTConfig
 
-__all__ = ["SamCheckpointError", "detect_architecture", "load_sam", "sam_state_dict"]
+__all__ = ["SamCheckpointError", "detect_architecture", "is_sam_checkpoint", "load_sam", "sam_state_dict"]
 
 _WRAPPER_KEYS = ("model", "model_state", "state_dict")
 _PREFIXES = ("sam.", "model.", "module.")
@@ -50,6 +50,18 @@ def sam_state_dict(checkpoint: Mapping, source: str = "checkpoint") -> dict[str,
             state = {name[len(prefix) :]: value for name, value in state.items()}
             break
     return dict(state)
+
+
+def is_sam_checkpoint(checkpoint: Mapping) -> bool:
+    """Whether an already loaded checkpoint holds a SAM / MobileSAM state dict (official or repackaged):
+    what a generic loader asks before handing the file to `load_sam`."""
+    try:
+        state = sam_state_dict(checkpoint)
+    except SamCheckpointError:
+        return False
+    return any(name.startswith("image_encoder.") for name in state) and any(
+        name.startswith("mask_decoder.") for name in state
+    )
 
 
 def detect_architecture(
