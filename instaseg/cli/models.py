@@ -121,14 +121,13 @@ def run_register(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     registry = open_registry(args.registry, create=False)
     if args.json:
-        deployments = [
-            {
-                **asdict(d),
-                "golden_set": registry.golden_set(d.name),
-                "quality_gates": registry.quality_gates(d.name),
-            }
-            for d in registry.deployments()
-        ]
+        deployments = []
+        for deployment in registry.deployments():
+            listed = asdict(deployment)
+            golden = registry.golden_set(deployment.name)
+            if golden is not None:  # models without a golden set list as they did before the gate
+                listed.update(golden_set=golden, quality_gates=registry.quality_gates(deployment.name))
+            deployments.append(listed)
         print(json.dumps(deployments, indent=2))
     else:
         print(format_registry(registry))
