@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instaseg.data.convert import SOURCE_FORMATS, convert, format_convert_summary
+# `instaseg.data.convert.SOURCE_FORMATS`, restated so that --help needs no import of the data package
+# (tests/cli/test_cli_help.py checks that the two agree).
+SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instaseg.data.convert import convert, format_convert_summary
+
     summary = convert(
         args.source_format,
         args.source,

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instaseg.export.onnx_export import DEFAULT_OPSET, export_model
-from instaseg.export.quantize import (
-    DEFAULT_CALIBRATION_IMAGES,
-    QUANTIZATION_MODES,
-    calibration_images,
-    quantize_onnx,
-)
+# The export package's defaults and choices, restated so that --help needs no import of torch or onnx
+# (tests/cli/test_cli_help.py checks that they agree with instaseg.export).
+DEFAULT_OPSET = 18
+QUANTIZATION_MODES = ("dynamic", "static")
+DEFAULT_CALIBRATION_IMAGES = 32
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,8 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model",
-        required=True,
-        help="an instaseg checkpoint, a torchvision-layout state dict, or a model name",
+        help="an instaseg checkpoint, a torchvision-layout state dict, or a model name (default: the bundled "
+        "nuclei model)",
     )
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
     parser.add_argument("--out", required=True, type=Path, help="output file, e.g. model.onnx")
@@ -62,6 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instaseg.export.onnx_export import export_model
+    from instaseg.export.quantize import calibration_images, quantize_onnx
+
     if args.int8 == "static" and args.calibration is None:
         raise ValueError("--int8 static needs --calibration FOLDER (images like the ones the model will see)")
     calibration = (

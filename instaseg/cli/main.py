@@ -1,4 +1,8 @@
-"""`instaseg` entry point: one sub-command per module in this package, listed explicitly below."""
+"""`instaseg` entry point: one sub-command per module in this package, listed explicitly below.
+
+The command modules import only the standard library at import time; each command's `func` imports the
+library it calls. So `instaseg --help` and `instaseg <command> --help` answer without loading torch.
+"""
 
 from __future__ import annotations
 

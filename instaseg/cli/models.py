@@ -8,9 +8,12 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from instaseg.serving.registration import register_model
-from instaseg.serving.registry import Deployment, format_registry, open_registry
+from instaseg.cli.options import add_deprecated_alias
+
+if TYPE_CHECKING:
+    from instaseg.serving.registry import Deployment
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,8 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     register.add_argument("--reference-limit", type=int, default=200, help="use at most this many images")
     register.add_argument(
-        "--classes", nargs="+", metavar="NAME", help="class names 1..K (default: the checkpoint's categories)"
+        "--category-names",
+        nargs="+",
+        metavar="NAME",
+        help="names of the model's categories 1..K (default: the checkpoint's categories)",
     )
+    add_deprecated_alias(register, "--classes", "--category-names", "category_names", nargs="+")
     register.add_argument("--description", default="", help="free text shown by `list` and the API")
     register.add_argument("--device", default="cpu", help="device for the reference predictions")
     register.set_defaults(func=run_register)
@@ -102,23 +109,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_register(args: argparse.Namespace) -> int:
+    from instaseg.serving.registration import register_model
+
     entry = register_model(
         args.registry,
         args.name,
         args.checkpoint,
         reference_images=args.reference_images,
-        class_names=args.classes,
+        class_names=args.category_names,
         description=args.description,
         reference_limit=args.reference_limit,
         device=args.device,
     )
-    classes = ", ".join(c["name"] for c in entry.classes)
+    categories = ", ".join(c["name"] for c in entry.classes)
     drift = "yes" if entry.reference is not None else "no"
-    print(f"registered {entry.name} v{entry.version} (classes: {classes}; drift reference: {drift})")
+    print(f"registered {entry.name} v{entry.version} (categories: {categories}; drift reference: {drift})")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from instaseg.serving.registry import format_registry, open_registry
+
     registry = open_registry(args.registry, create=False)
     if args.json:
         deployments = []
@@ -139,6 +150,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
+    from instaseg.serving.registry import open_registry
+
     registry = open_registry(args.registry, create=False)
     _gate(registry, args.name, args.version or registry.deployment(args.name).canary, args)
     _print(registry.promote(args.name, args.version))
@@ -146,11 +159,15 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 def run_rollback(args: argparse.Namespace) -> int:
+    from instaseg.serving.registry import open_registry
+
     _print(open_registry(args.registry, create=False).rollback(args.name))
     return 0
 
 
 def run_set_canary(args: argparse.Namespace) -> int:
+    from instaseg.serving.registry import open_registry
+
     registry = open_registry(args.registry, create=False)
     _gate(registry, args.name, args.version, args)
     _print(registry.set_canary(args.name, args.version, args.share))

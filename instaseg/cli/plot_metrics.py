@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instaseg.engine.plot import plot_metrics
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plot-metrics", help="plot a training run's curves", description=__doc__)
@@ -16,6 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instaseg.engine.plot import plot_metrics
+
     for path in plot_metrics(args.run_dir, args.out):
         print(path)
     return 0

@@ -1,14 +1,17 @@
-"""`instaseg serve`: run the HTTP inference service (see docs/serving.md), or create an API key for it."""
+"""`instaseg serve`: run the HTTP inference service (see docs/serving.md), or create an API key for it.
+
+With neither --config nor --registry it serves the bundled nuclei model on 127.0.0.1:8000, from the embedded
+per-user registry $XDG_DATA_HOME/instaseg/registry (default ~/.local/share/instaseg/registry), created on
+first use."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from instaseg.export.onnx_export import BACKENDS
-from instaseg.serving.auth import add_api_key
-from instaseg.serving.config import ConfigError, serving_config
-from instaseg.serving.server import run_server
+# `instaseg.export.onnx_export.BACKENDS`, restated so that --help needs no import of torch
+# (tests/cli/test_cli_help.py checks that the two agree).
+BACKENDS = ("torch", "onnx")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,9 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="run the HTTP inference service",
         description=__doc__ + " Command-line options override the config file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="serving config YAML (see docs/serving.md)")
-    parser.add_argument("--registry", help="model registry folder (overrides the config's 'registry')")
+    parser.add_argument(
+        "--registry",
+        help="model registry folder (overrides the config's 'registry'; default without --config: the "
+        "embedded per-user registry with the bundled model)",
+    )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--device", help="torch device for the models, e.g. cpu or cuda (default cpu)")
@@ -42,9 +50,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instaseg.serving.auth import add_api_key
+    from instaseg.serving.config import ConfigError, serving_config
+    from instaseg.serving.server import run_server
+
     if args.new_api_key is not None:
         keys_file = args.keys_file
-        if keys_file is None:
+        if keys_file is None and args.config is not None:
             keys_file = serving_config(args.config, args.registry).auth.keys_file
         if keys_file is None:
             raise ConfigError("--new-api-key needs --keys-file or a config with auth.keys_file")

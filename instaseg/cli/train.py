@@ -10,9 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from instaseg.engine.config import load_config
-from instaseg.engine.trainer import TrainingDivergedError, train
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -42,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instaseg.engine.config import load_config
+    from instaseg.engine.trainer import TrainingDivergedError, train
+
     config = load_config(args.config, args.overrides)
     try:
         result = train(

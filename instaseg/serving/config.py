@@ -13,20 +13,26 @@ drift: {window: 500, psi_threshold: 0.2}
 
 Unknown keys and values of the wrong type raise `ConfigError` naming the dotted key. Relative paths are taken
 relative to the working directory.
+
+With neither a config file nor a registry (`instaseg serve` alone), the service uses the embedded per-user
+registry `$XDG_DATA_HOME/instaseg/registry` (default `~/.local/share/instaseg/registry`), created on first
+use with the bundled nuclei model registered as `nuclei` (`ensure_default_registry`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml
 from instaseg.export.onnx_export import BACKENDS
+from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml
 
 __all__ = [
     "AuthConfig",
     "BatchingConfig",
+    "DEFAULT_MODEL_NAME",
     "ConfigError",
     "DriftConfig",
     "LimitsConfig",
@@ -34,11 +40,15 @@ __all__ = [
     "SamplingConfig",
     "ServingConfig",
     "SloConfig",
+    "default_registry_path",
+    "ensure_default_registry",
     "load_serving_config",
     "serving_config",
 ]
 
 IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
+# The name the bundled model is registered under in the embedded registry.
+DEFAULT_MODEL_NAME = "nuclei"
 
 
 @dataclass(frozen=True)
@@ -269,9 +279,10 @@ def serving_config(
     backend: str | None = None,
 ) -> ServingConfig:
     """The config of `instaseg serve`: the YAML file if given (else defaults), with command-line overrides
-    (arguments left as None keep the file's value). One of `config_file` and `registry` is required."""
+    (arguments left as None keep the file's value). Without `config_file` and `registry`, the embedded
+    per-user registry (`ensure_default_registry`: created with the bundled model on first use)."""
     if config_file is None and registry is None:
-        raise ConfigError("give a serving config file (--config) or a model registry folder (--registry)")
+        registry = str(ensure_default_registry())
     config = load_serving_config(config_file) if config_file is not None else ServingConfig(registry=registry)
     config = config.with_overrides(
         registry=registry, host=host, port=port, device=device, default_model=default_model, backend=backend
@@ -287,3 +298,25 @@ def serving_config(
         )
         config = replace(config, batching=batching)
     return config
+
+
+def default_registry_path() -> Path:
+    """The embedded per-user registry: `$XDG_DATA_HOME/instaseg/registry` (default
+    `~/.local/share/instaseg/registry`), as the XDG base-directory convention places user data."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "instaseg" / "registry"
+
+
+def ensure_default_registry(root: str | Path | None = None) -> Path:
+    """The registry at `root` (default `default_registry_path()`); when it holds no model yet, the bundled
+    model is registered in it first, as `DEFAULT_MODEL_NAME` (version 1, production). Returns its folder."""
+    # Imported here: registering loads the model (torch), which reading a config file does not need.
+    from instaseg.models.default_model import default_model_path
+    from instaseg.serving.registration import register_model
+    from instaseg.serving.registry import ModelRegistry
+
+    root = Path(root) if root is not None else default_registry_path()
+    if not ModelRegistry(root).names():
+        register_model(
+            root, DEFAULT_MODEL_NAME, default_model_path(), description="the bundled nuclei model (instaseg)"
+        )
+    return root

@@ -67,7 +67,9 @@ def test_register_with_reference_from_real_images(
         )
         == 0
     )
-    assert capsys.readouterr().out.strip() == "registered nuclei v1 (classes: nucleus; drift reference: yes)"
+    assert (
+        capsys.readouterr().out.strip() == "registered nuclei v1 (categories: nucleus; drift reference: yes)"
+    )
     entry = ModelRegistry(registry).get("nuclei", 1)
     assert entry.classes == [{"id": 7, "name": "nucleus"}]  # from the checkpoint's categories
     assert entry.model_info["backbone"] == "resnet18" and entry.model_info["min_size"] == 64
@@ -82,8 +84,9 @@ def test_register_with_reference_from_real_images(
 def test_full_cycle(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     registry = str(tmp_path / "registry")
     for _ in range(2):
-        assert cli("register", "nuclei", str(checkpoint), "--registry", registry, "--classes", "cell") == 0
-    assert "registered nuclei v2 (classes: cell; drift reference: no)" in capsys.readouterr().out
+        argv = ("register", "nuclei", str(checkpoint), "--registry", registry, "--category-names", "cell")
+        assert cli(*argv) == 0
+    assert "registered nuclei v2 (categories: cell; drift reference: no)" in capsys.readouterr().out
     assert ModelRegistry(registry).get("nuclei", 2).classes == [{"id": 1, "name": "cell"}]
 
     assert cli("set-canary", "nuclei", "2", "--share", "0.2", "--registry", registry) == 0
@@ -109,7 +112,7 @@ def test_errors(tmp_path: Path, checkpoint: Path) -> None:
     with pytest.raises(RegistryError, match="no model registry at"):
         cli("list", "--registry", registry)
     with pytest.raises(RegistryError, match="2 class names given, but .* has 1 classes"):
-        cli("register", "nuclei", str(checkpoint), "--registry", registry, "--classes", "a", "b")
+        cli("register", "nuclei", str(checkpoint), "--registry", registry, "--category-names", "a", "b")
     assert cli("register", "nuclei", str(checkpoint), "--registry", registry) == 0
     with pytest.raises(RegistryError, match="no canary and no earlier production version"):
         cli("rollback", "nuclei", "--registry", registry)
@@ -132,3 +135,10 @@ def test_errors(tmp_path: Path, checkpoint: Path) -> None:
             str(tmp_path / "none" / "*.png"),
         )
     assert [v.version for v in ModelRegistry(registry).versions("nuclei")] == [1]  # nothing half-registered
+
+
+def test_old_classes_flag_still_names_the_categories(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    registry = str(tmp_path / "registry")
+    assert cli("register", "nuclei", str(checkpoint), "--registry", registry, "--classes", "cell") == 0
+    assert "--classes is deprecated" in capsys.readouterr().err
+    assert ModelRegistry(registry).get("nuclei", 1).classes == [{"id": 1, "name": "cell"}]

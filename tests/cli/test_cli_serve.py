@@ -20,10 +20,13 @@ import pytest
 from PIL import Image
 
 from instaseg.cli import serve
+from instaseg.io.files import file_sha256
+from instaseg.models.default_model import default_model_path
+from instaseg.serving import server
 from instaseg.serving.auth import hash_api_key
-from instaseg.serving.config import ConfigError
+from instaseg.serving.config import DEFAULT_MODEL_NAME, ConfigError, ServingConfig, serving_config
 from instaseg.serving.registration import register_model
-from instaseg.serving.registry import RegistryError
+from instaseg.serving.registry import ModelRegistry, RegistryError
 
 REPO = Path(__file__).resolve().parents[2]
 # Parses `serve ...` exactly as `instaseg` does (add_parser, then the command's func), in a fresh process.
@@ -127,8 +130,6 @@ def test_new_api_key_is_printed_once_and_stored_hashed(tmp_path: Path, capsys: p
 
 
 def test_configuration_errors_come_before_anything_starts(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--config.*--registry"):
-        run_in_process()
     with pytest.raises(RegistryError, match="no model registry at"):
         run_in_process("--registry", str(tmp_path / "nothing"), "--port", "0")
     with pytest.raises(ConfigError, match="--new-api-key needs --keys-file"):
@@ -137,3 +138,30 @@ def test_configuration_errors_come_before_anything_starts(tmp_path: Path) -> Non
     config.write_text("registry: r\nbatching: {window: 5}\n")
     with pytest.raises(ConfigError, match="'batching.window' is unknown"):
         run_in_process("--config", str(config))
+
+
+@pytest.fixture
+def no_arguments_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServingConfig:
+    """What `instaseg serve` with no arguments would serve, with XDG_DATA_HOME in `tmp_path` (not started)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    started: list[ServingConfig] = []
+    monkeypatch.setattr(server, "run_server", lambda config: started.append(config) or 0)
+    assert run_in_process() == 0
+    return started[0]
+
+
+def test_no_arguments_serve_the_bundled_model_from_the_per_user_registry(
+    no_arguments_config: ServingConfig, tmp_path: Path
+) -> None:
+    config = no_arguments_config
+    assert config.registry_path == tmp_path / "data" / "instaseg" / "registry"
+    assert (config.host, config.port) == ("127.0.0.1", 8000)
+    registry = ModelRegistry(config.registry_path, create=False)
+    assert registry.names() == [DEFAULT_MODEL_NAME]
+    assert registry.deployment(DEFAULT_MODEL_NAME).production == 1
+    entry = registry.get(DEFAULT_MODEL_NAME, 1)
+    assert entry.sha256 == file_sha256(default_model_path())
+    assert entry.classes == [{"id": 1, "name": "nucleus"}]
+    # Created once: a second start serves the same registry without registering the model again.
+    assert serving_config().registry_path == config.registry_path
+    assert [v.version for v in registry.versions(DEFAULT_MODEL_NAME)] == [1]

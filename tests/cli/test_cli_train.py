@@ -11,6 +11,7 @@ from PIL import Image
 from instaseg.cli import plot_metrics as plot_metrics_command
 from instaseg.cli import train as train_command
 from instaseg.data.synthetic import make_synthetic_dataset
+from instaseg.engine import trainer
 from instaseg.engine.config import ConfigError
 from instaseg.engine.run_dir import RunExistsError
 from instaseg.engine.trainer import TrainResult
@@ -102,7 +103,7 @@ def test_bad_overrides_and_flags(config_path, tmp_path):
 
 def test_only_the_main_process_prints_the_summary(config_path, tmp_path, capsys, monkeypatch):
     other_rank = TrainResult(tmp_path / "run", 2, None, None, is_main=False)
-    monkeypatch.setattr(train_command, "train", lambda config, **options: other_rank)
+    monkeypatch.setattr(trainer, "train", lambda config, **options: other_rank)  # the command imports it late
     args = _cli("train", "--config", str(config_path), "--no-progress")
     assert args.func(args) == 0
     assert capsys.readouterr().out == ""  # rank 1 would say "best validation mask AP n/a" beside rank 0
