@@ -97,6 +97,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_deprecated_alias(track, "--track-iou", "--track-iou-threshold", "track_iou_threshold", type=float)
     track.add_argument("--track-max-age", type=int, help="frames a track may be unseen (default 5)")
+
+    cluster = parser.add_argument_group("Ray cluster (--engine ray, see docs/prediction.md)")
+    cluster.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: model actors on a Ray cluster, one row per image in --out",
+    )
+    cluster.add_argument(
+        "--address", help="auto, host:port or ray://host:10001 (default: a local Ray instance)"
+    )
+    cluster.add_argument("--actors", type=int, default=1, help="model replicas (default 1)")
+    cluster.add_argument(
+        "--cpus-per-actor", type=int, default=1, help="CPUs and torch threads each (default 1)"
+    )
+    cluster.add_argument(
+        "--output-format", choices=("parquet", "jsonl"), default="parquet", help="rows as (default parquet)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -129,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     tiling = TilingOptions(
         **given(tile_size=args.tile_size, overlap=args.tile_overlap, min_image_side=args.tile_above)
     )
+    if args.engine == "ray":
+        return _run_on_ray(args, postprocess, None if args.no_tiling else tiling, tta)
     summary = run_predict(
         args.inputs,
         args.out,
@@ -152,3 +172,29 @@ def run(args: argparse.Namespace) -> int:
     )
     print(summary.format())
     return 1 if summary.failures else 0
+
+
+def _run_on_ray(args: argparse.Namespace, postprocess: object, tiling: object, tta: object) -> int:
+    """--engine ray: the same model and options on Ray actors (`instaseg.inference.ray_predict`)."""
+    from instaseg.inference.ray_predict import RayOptions, predict_with_ray
+
+    local_only = {"--overlay": args.overlay, "--label-maps": args.label_maps, "--polygons": args.polygons}
+    local_only.update({"--coco-gt": args.coco_gt, "--video": args.video})
+    if any(local_only.values()):
+        used = ", ".join(flag for flag, value in local_only.items() if value)
+        raise ValueError(f"--engine ray writes result rows only: {used} need the local engine")
+    summary = predict_with_ray(
+        args.inputs,
+        args.out,
+        args.model,
+        ray=RayOptions(args.address, args.actors, args.cpus_per_actor),
+        device=args.device,
+        backend=args.backend,
+        postprocess=postprocess,
+        tiling=tiling,
+        tta=tta,
+        batch_size=args.batch_size,
+        output_format=args.output_format,
+    )
+    print(summary.format())
+    return 1 if summary.errors else 0
