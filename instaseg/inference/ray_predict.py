@@ -137,6 +137,7 @@ def predict_with_ray(
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     options = ray or RayOptions()
+    _check_reachable(options.address)  # before any work: a wrong address is one clear error at once
     out_dir = Path(out_dir)
     ensure_writable_folder(out_dir)
     started = time.perf_counter()
@@ -290,7 +291,6 @@ def _connect(ray_module: Any, address: str | None) -> bool:
     if ray_module.is_initialized():
         return False
     where = address or "a new local Ray instance"
-    _check_reachable(address)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter(

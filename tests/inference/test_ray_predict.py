@@ -248,3 +248,12 @@ def test_bad_arguments_and_unreachable_clusters(tmp_path: Path) -> None:
         _check_reachable("127.0.0.1:9")  # Ray itself would retry for minutes
     with pytest.raises(RayClusterError, match="'nonsense' is not 'auto', 'host:port' or 'ray://host:port'"):
         _check_reachable("nonsense")
+    done = subprocess.run(
+        [sys.executable, "-m", "instaseg.cli.main", "predict", str(tmp_path), "--engine", "ray"]
+        + ["--address", "127.0.0.1:9", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0  # one line, exit 2
+    assert "cannot connect to the Ray cluster at 127.0.0.1:9" in done.stderr
