@@ -149,3 +149,29 @@ def test_concurrent_writers_on_postgres_get_distinct_versions(
     registry = _pg(postgres_url, tmp_path)
     assert [v.version for v in registry.versions("nuclei")] == [1, 2, 3, 4, 5]
     assert registry.revision() == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["models", "list", "--registry", "postgresql://u@127.0.0.1:9/db"],
+            "cannot reach the model registry",
+        ),
+        (["models", "promote", "nuclei", "--registry", "s3://bucket/reg"], "unsupported URL scheme 's3'"),
+    ],
+)
+def test_the_cli_names_a_bad_registry_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    argv: list[str],
+    message: str,
+) -> None:
+    from instaseg.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+    assert list(tmp_path.iterdir()) == []
