@@ -30,6 +30,7 @@ from instaseg.models.norm import norm_layer
 from instaseg.models.resnet import ResNet
 from instaseg.models.roi_heads import RoIHeads
 from instaseg.models.rpn import RegionProposalNetwork, RPNHead
+from instaseg.models.semantic_head import SemanticFPNHead
 from instaseg.models.transform import ImageTransform
 from instaseg.ops import AnchorGenerator, MultiScaleRoIAlign
 
@@ -112,7 +113,14 @@ def build_model(config: MaskRCNNConfig) -> MaskRCNN:
     transform = ImageTransform(
         config.min_size, config.max_size, tuple(config.image_mean), tuple(config.image_std)
     )
-    return MaskRCNN(transform, backbone, rpn, roi_heads, config.max_image_pixels, config)
+    semantic_head = (
+        SemanticFPNHead(config.fpn_channels, config.num_stuff_classes, config.semantic_head_channels)
+        if config.num_stuff_classes
+        else None
+    )
+    return MaskRCNN(
+        transform, backbone, rpn, roi_heads, config.max_image_pixels, config, semantic_head=semantic_head
+    )
 
 
 def build(

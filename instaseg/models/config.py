@@ -24,7 +24,10 @@ BACKBONES = ("resnet", "efficientnet_lite0")
 class MaskRCNNConfig:
     """Mask R-CNN settings; defaults are torchvision's `maskrcnn_resnet50_fpn` defaults.
 
-    `num_classes` counts the background (COCO: 91). `backbone` is `"resnet"` (depth `backbone_depth`) or
+    `num_classes` counts the background (COCO: 91). `num_stuff_classes` > 0 adds Panoptic FPN's semantic
+    head (`semantic_head.py`) for that many stuff classes, model classes num_classes..num_classes + S - 1;
+    its loss is weighted by `semantic_loss_weight`, and stuff regions smaller than `stuff_min_area` pixels
+    are not output. `backbone` is `"resnet"` (depth `backbone_depth`) or
     `"efficientnet_lite0"`. `frozen_bn_eps` only affects `norm="frozen_bn"`; torchvision's COCO weights need
     0.0. `box_head_dim` is the width of the box head's two FC layers, `mask_head_channels` that of the mask
     head's convolutions. Sizes are in pixels; thresholds are IoUs or probabilities in [0, 1].
@@ -64,6 +67,10 @@ class MaskRCNNConfig:
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
     bbox_reg_weights: tuple[float, ...] = field(default=(10.0, 10.0, 5.0, 5.0))
+    num_stuff_classes: int = 0
+    semantic_head_channels: int = 128
+    semantic_loss_weight: float = 0.5
+    stuff_min_area: int = 64
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,7 +85,12 @@ class MaskRCNNConfig:
             raise ConfigError(f"norm: {self.norm!r} is not one of {', '.join(NORM_KINDS)}")
         if self.num_classes < 2:
             raise ConfigError(f"num_classes: {self.num_classes} must be at least 2 (background + one class)")
-        for name in ("fpn_channels", "box_head_dim", "mask_head_channels"):
+        if self.num_stuff_classes < 0 or self.stuff_min_area < 0 or self.semantic_loss_weight < 0:
+            raise ConfigError(
+                f"num_stuff_classes {self.num_stuff_classes}, stuff_min_area {self.stuff_min_area} and "
+                f"semantic_loss_weight {self.semantic_loss_weight} must be >= 0"
+            )
+        for name in ("fpn_channels", "box_head_dim", "mask_head_channels", "semantic_head_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be a positive number of channels")
         if not 0 <= self.trainable_layers <= 5:

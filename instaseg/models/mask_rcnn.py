@@ -6,6 +6,10 @@ transform.postprocess (original pixels, pasted masks) -> Instances.
 
 `detect_batch` is the one inference path between the padded batch and the detections: eager inference and
 the exported ONNX graph (`instaseg.export.onnx_export.InferenceGraph`) both call it.
+
+With a semantic head (Panoptic FPN, `config.num_stuff_classes` > 0) the model also learns and outputs stuff:
+each stuff class present in an image comes back as one more instance (its region, the mean class probability
+as score, model class `num_classes - 1 + s`), and every instance carries the field `isthing (N,)` bool.
 """
 
 from __future__ import annotations
@@ -14,14 +18,22 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instaseg.models.backbone import BackboneWithFPN
 from instaseg.models.fpn import FPN_LEVEL_NAMES, FPN_LEVEL_STRIDES
-from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS, ModelInputError, prepare_images, prepare_targets
+from instaseg.models.inputs import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ModelInputError,
+    Target,
+    prepare_images,
+    prepare_targets,
+)
 from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions, OperatingPoint
 from instaseg.models.roi_heads import Detections, RoIHeads
 from instaseg.models.rpn import RegionProposalNetwork
+from instaseg.models.semantic_head import SemanticFPNHead, semantic_loss, semantic_targets
 from instaseg.models.transform import ImageBatch, ImageTransform
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
@@ -50,12 +62,14 @@ class MaskRCNN(nn.Module):
         roi_heads: RoIHeads,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         config: MaskRCNNConfig | None = None,
+        semantic_head: SemanticFPNHead | None = None,
     ) -> None:
         super().__init__()
         self.transform = transform
         self.backbone = backbone
         self.rpn = rpn
         self.roi_heads = roi_heads
+        self.semantic_head = semantic_head
         self.max_image_pixels = max_image_pixels
         self.config = config
         # What the model file says about the classes and thresholds (set by `instaseg.models.loading`).
@@ -64,7 +78,12 @@ class MaskRCNN(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        """Number of classes including background (class 0)."""
+        """Number of classes the model outputs, including background (class 0): things, then stuff."""
+        return self.num_box_classes + self.num_stuff
+
+    @property
+    def num_box_classes(self) -> int:
+        """Classes of the box and mask heads, including background: 1 + the thing classes."""
         return self.roi_heads.box_predictor.cls_score.out_features
 
     def forward(
@@ -85,9 +104,25 @@ class MaskRCNN(nn.Module):
         targets = prepare_targets(targets, images, self.num_classes, need_masks=True)
         batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
-        proposals, rpn_losses = self.rpn(batch, features, targets)
-        _, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
-        return {**rpn_losses, **head_losses}
+        things = [_things_only(target, self.num_box_classes) for target in targets]
+        proposals, rpn_losses = self.rpn(batch, features, things)
+        _, head_losses = self.roi_heads(features, proposals, batch.image_sizes, things)
+        losses = {**rpn_losses, **head_losses}
+        if self.semantic_head is not None:
+            semantic = semantic_targets(
+                [target.masks for target in targets],
+                [target.labels for target in targets],
+                self.num_box_classes - 1,
+                tuple(batch.tensors.shape[-2:]),
+            )
+            weight = self.config.semantic_loss_weight if self.config is not None else 1.0
+            losses["loss_sem_seg"] = weight * semantic_loss(self.semantic_head(features), semantic)
+        return losses
+
+    @property
+    def num_stuff(self) -> int:
+        """Number of stuff classes of the semantic head (0 without one)."""
+        return self.semantic_head.num_stuff if self.semantic_head is not None else 0
 
     def summary(self) -> dict[str, object]:
         """Family, backbone, classes and input sizes, for listings."""
@@ -106,10 +141,28 @@ class MaskRCNN(nn.Module):
         images = prepare_images(images, self.max_image_pixels)
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
         batch, _ = self.transform(images, scale=options.input_scale)
-        return [
+        features, detections = self._detect_features(batch, options)
+        results = [
             self.to_instances(image_detections, resized_size, original_size)
             for image_detections, resized_size, original_size in zip(
-                self.detect_batch(batch, options), batch.image_sizes, original_sizes, strict=True
+                detections, batch.image_sizes, original_sizes, strict=True
+            )
+        ]
+        if self.semantic_head is None:
+            return results
+        logits = self.semantic_head(features)
+        min_area = self.config.stuff_min_area if self.config is not None else 0
+        return [
+            Instances.cat(
+                [
+                    things.replace(isthing=torch.ones(len(things), dtype=torch.bool)),
+                    stuff_instances(
+                        image_logits, resized_size, original_size, self.num_box_classes - 1, min_area
+                    ),
+                ]
+            )
+            for things, image_logits, resized_size, original_size in zip(
+                results, logits, batch.image_sizes, original_sizes, strict=True
             )
         ]
 
@@ -135,10 +188,15 @@ class MaskRCNN(nn.Module):
     ) -> list[Detections]:
         """The inference path shared by `detect` and the exported graph: a padded, normalised batch ->
         per-image `Detections` in resized-image pixels."""
+        return self._detect_features(batch, options)[1]
+
+    def _detect_features(
+        self, batch: ImageBatch, options: DetectOptions
+    ) -> tuple[dict[str, Tensor], list[Detections]]:
         features = self.backbone(batch.tensors)
         proposals, _ = self.rpn(batch, features)
         detections, _ = self.roi_heads(features, proposals, batch.image_sizes, options=options)
-        return detections
+        return features, detections
 
     def to_instances(
         self, detections: Detections, resized_size: tuple[int, int], original_size: tuple[int, int]
@@ -180,3 +238,57 @@ def mask_rcnn_summary(config: dict | None, num_classes: int) -> dict[str, object
         summary["max_size"] = config["max_size"]
         summary["max_image_pixels"] = config["max_image_pixels"]
     return summary
+
+
+def _things_only(target: Target, num_classes: int) -> Target:
+    """The thing annotations of `target` (classes below `num_classes`): what the RPN and RoI heads see."""
+    keep = target.labels < num_classes
+    if bool(keep.all()):
+        return target
+    masks = target.masks[keep] if target.masks is not None else None
+    return Target(target.boxes[keep], target.labels[keep], masks)
+
+
+def stuff_instances(
+    logits: Tensor,
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+    num_things: int,
+    min_area: int,
+) -> Instances:
+    """One image's stuff segments from its `(1 + S, h, w)` stride-4 semantic logits: every stuff class that
+    wins at least `min_area` pixels of the original image becomes an instance (model class num_things + s,
+    score = its mean probability over the region, `isthing` False, `mask_logits` its probability resampled
+    into its box so that masks re-threshold like things')."""
+    stride_rows = -(-resized_size[0] // 4)
+    stride_cols = -(-resized_size[1] // 4)
+    cropped = logits[:, :stride_rows, :stride_cols][None]
+    probabilities = F.interpolate(cropped, size=original_size, mode="bilinear", align_corners=False)[0]
+    probabilities = probabilities.softmax(dim=0)
+    winners = probabilities.argmax(dim=0)
+    boxes, scores, labels, masks, logit_crops = [], [], [], [], []
+    for stuff in range(1, probabilities.shape[0]):
+        mask = winners == stuff
+        if int(mask.sum()) < max(1, min_area):
+            continue
+        rows, cols = torch.nonzero(mask.any(dim=1)).flatten(), torch.nonzero(mask.any(dim=0)).flatten()
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        boxes.append(torch.tensor([x0, y0, x1, y1], dtype=torch.float32))
+        scores.append(probabilities[stuff][mask].mean())
+        labels.append(num_things + stuff)
+        masks.append(mask)
+        inside = probabilities[stuff, y0:y1, x0:x1][None, None]
+        crop = F.interpolate(inside, size=(28, 28), mode="bilinear", align_corners=False)[0, 0]
+        logit_crops.append(torch.logit(crop.clamp(1e-6, 1 - 1e-6)))
+    count = len(boxes)
+    return Instances(
+        original_size,
+        torch.stack(boxes) if count else torch.zeros((0, 4)),
+        torch.tensor(labels, dtype=torch.int64),
+        torch.stack(scores).float() if count else torch.zeros(0),
+        Masks.from_bitmaps(
+            torch.stack(masks) if count else torch.zeros((0, *original_size), dtype=torch.bool)
+        ),
+        mask_logits=torch.stack(logit_crops) if count else torch.zeros((0, 28, 28)),
+        isthing=torch.zeros(count, dtype=torch.bool),
+    )
