@@ -56,6 +56,15 @@ from instaseg.models.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / "configs" / "synthetic_smoke.yaml"
+# The smoke run's recipe: configs/synthetic_smoke.yaml at 64 px, 3 iterations, few detections.
+SMOKE_OVERRIDES = [
+    "schedule.iterations=3",
+    "schedule.warmup_iterations=1",
+    "train.checkpoint_period=0",
+    "model.settings.min_size=64",
+    "model.settings.max_size=96",
+    "model.settings.box_detections_per_img=20",
+]
 
 
 def write_subset(pool: Dataset, image_ids: set[int], path: Path) -> None:
@@ -257,11 +266,7 @@ def main() -> int:
         args.config = SMOKE_CONFIG
         args.methods, args.seeds, args.rounds = "random,mean-uncertainty,coreset", "0,1", 2
         args.initial_fraction = args.step_fraction = 0.25
-        args.override += [
-            "schedule.iterations=3",
-            "schedule.warmup_iterations=1",
-            "train.checkpoint_period=0",
-        ]
+        args.override += SMOKE_OVERRIDES
     if args.pool is None or args.val is None or args.config is None:
         parser.error("--pool, --val and --config are needed (or --smoke)")
     methods = [Method(name) for name in args.methods.split(",")]

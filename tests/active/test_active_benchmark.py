@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -61,3 +62,24 @@ def test_summary_compares_methods_on_the_shared_object_range(bench) -> None:  # 
     assert summary["coreset"]["auc_objects_mean"] == pytest.approx(
         (0.1 + 0.4 * 2 / 30 + 0.1 + 0.4 * 10 / 30) / 2
     )
+
+
+@pytest.mark.slow
+def test_two_rounds_of_core_set_on_synthetic_data(bench, tmp_path: Path) -> None:  # noqa: ANN001
+    pool_json, val_json = bench.smoke_data(tmp_path)
+    pool = bench.read_coco(pool_json, strict=True)
+    args = argparse.Namespace(
+        out=tmp_path,
+        config=bench.SMOKE_CONFIG,
+        val=val_json,
+        initial_fraction=0.25,
+        step_fraction=0.25,
+        rounds=2,
+        rank_device="cpu",
+        override=[*bench.SMOKE_OVERRIDES, "schedule.iterations=2"],
+    )
+    rows = bench.simulate(args, bench.Method.CORESET, 0, pool, tmp_path / "rounds.jsonl")
+    assert [(row["round"], row["images"]) for row in rows] == [(0, 3), (1, 6)]
+    assert set(rows[0]["labelled_ids"]) < set(rows[1]["labelled_ids"])
+    assert all(0.0 <= row["segm_AP"] <= 1.0 for row in rows)
+    assert len((tmp_path / "rounds.jsonl").read_text().splitlines()) == 2
