@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from instaseg.serving import config as serving_config_module
 from instaseg.serving.config import ConfigError, ServingConfig, load_serving_config, serving_config
 
 
@@ -62,14 +63,15 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -
     assert str(path) in str(error.value)
 
 
-def test_command_line_overrides(tmp_path: Path) -> None:
+def test_command_line_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, "registry: /a\nport: 9000\nbatching: {window_ms: 20, max_batch_size: 4}\n")
     config = serving_config(path, registry="/b", port=None, window_ms=2.5, max_batch_size=None)
     assert config.registry == "/b" and config.port == 9000
     assert config.batching.window_ms == 2.5 and config.batching.max_batch_size == 4
     assert serving_config(registry="/c", max_batch_size=1).batching.max_batch_size == 1
-    with pytest.raises(ConfigError, match="--config.*--registry"):
-        serving_config()
+    # Neither a file nor a registry: the embedded per-user one (tests/cli/test_cli_serve.py creates it).
+    monkeypatch.setattr(serving_config_module, "ensure_default_registry", lambda: tmp_path / "embedded")
+    assert serving_config().registry == str(tmp_path / "embedded")
     with pytest.raises(FileNotFoundError, match="serving config not found"):
         serving_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="port must lie in"):
