@@ -19,6 +19,11 @@ from instaseg.data.records import AnnotationRecord, CategoryRecord, Dataset, Ima
 from instaseg.structures.masks import encode_rle
 
 CATEGORIES = (CategoryRecord(1, "ellipse"), CategoryRecord(2, "rectangle"))
+# With `stuff=True`: the background is split into two amorphous regions, COCO panoptic's "stuff".
+STUFF_CATEGORIES = (
+    CategoryRecord(3, "sky", extra={"isthing": 0}),
+    CategoryRecord(4, "ground", extra={"isthing": 0}),
+)
 
 
 def make_synthetic_dataset(
@@ -30,10 +35,13 @@ def make_synthetic_dataset(
     num_negatives: int = 0,
     seed: int = 0,
     json_name: str = "annotations.json",
+    stuff: bool = False,
 ) -> Path:
     """Write `num_images` images (the last `num_negatives` without instances) under `root / "images"` and
     their COCO JSON at `root / json_name`; returns the JSON path. Image sides are drawn from `size_range`
-    (pixels)."""
+    (pixels). `stuff`: also split each background into a "sky" region above a random row and "ground"
+    below it (tinted blue and green), annotated as stuff categories (`isthing: 0`) that cover every pixel
+    no instance covers; the things' categories then say `isthing: 1`."""
     if num_images < 1 or not 0 <= num_negatives <= num_images:
         raise ValueError(
             f"need num_images >= 1 and 0 <= num_negatives <= num_images; got {num_images}, {num_negatives}"
@@ -47,6 +55,9 @@ def make_synthetic_dataset(
         height, width = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
         count = 0 if index >= num_images - num_negatives else int(rng.integers(1, max_instances + 1))
         pixels, masks, labels = _draw_image(rng, height, width, count)
+        if stuff:
+            regions = _stuff_regions(rng, pixels, masks)
+            masks, labels = masks + regions, labels + [c.id for c in STUFF_CATEGORIES]
         file_name = f"images/{index:04d}.png"
         Image.fromarray(pixels).save(root / file_name)
         record = ImageRecord(index + 1, file_name, height, width)
@@ -59,7 +70,12 @@ def make_synthetic_dataset(
             next_annotation_id += 1
         images.append(record)
     json_path = root / json_name
-    write_coco(Dataset(images, list(CATEGORIES), root), json_path)
+    categories = (
+        [CategoryRecord(c.id, c.name, extra={"isthing": 1}) for c in CATEGORIES] + list(STUFF_CATEGORIES)
+        if stuff
+        else list(CATEGORIES)
+    )
+    write_coco(Dataset(images, categories, root), json_path)
     return json_path
 
 
@@ -97,3 +113,17 @@ def _draw_image(
         masks.append(mask)
         labels.append(label)
     return pixels, masks, labels
+
+
+def _stuff_regions(rng: np.random.Generator, pixels: np.ndarray, masks: list[np.ndarray]) -> list[np.ndarray]:
+    """Split the background of `pixels` at a random row into sky (above, tinted blue) and ground (below,
+    tinted green), in place; returns the two stuff masks (the background pixels of each part)."""
+    height, width = pixels.shape[:2]
+    split = int(rng.integers(max(1, height * 3 // 10), max(2, height * 7 // 10)))
+    background = ~np.logical_or.reduce(masks) if masks else np.ones((height, width), dtype=bool)
+    above = np.zeros((height, width), dtype=bool)
+    above[:split] = True
+    sky, ground = background & above, background & ~above
+    pixels[sky] = np.clip(pixels[sky].astype(int) + (0, 20, 90), 0, 255).astype(np.uint8)
+    pixels[ground] = np.clip(pixels[ground].astype(int) + (10, 80, 0), 0, 255).astype(np.uint8)
+    return [sky, ground]

@@ -70,12 +70,22 @@ class ModelSection:
             raise ValueError(f"'name' names an architecture; put the checkpoint {self.name} under 'weights'")
         self.model_config(num_classes=None)  # validates name and settings now, not after the data is read
 
-    def model_config(self, num_classes: int | None) -> MaskRCNNConfig | CondInstConfig:
+    def model_config(
+        self, num_classes: int | None, num_stuff_classes: int = 0
+    ) -> MaskRCNNConfig | CondInstConfig:
         """The architecture (its family's config); `num_classes` fills in `settings.num_classes` when that
-        is absent."""
+        is absent. `num_stuff_classes` > 0 (a dataset with stuff categories) gives a Mask R-CNN its semantic
+        head (Panoptic FPN); other families refuse stuff."""
         settings = dict(self.settings)
         if num_classes is not None:
             settings.setdefault("num_classes", num_classes)
+        if num_stuff_classes:
+            if self.name in CONDINST_CONFIGS:
+                raise ConfigError(
+                    f"the training set has {num_stuff_classes} stuff categories (isthing: 0), which only "
+                    f"Mask R-CNN's semantic head learns; model.name {self.name!r} is a CondInst model"
+                )
+            settings["num_stuff_classes"] = num_stuff_classes
         if self.name in CONDINST_CONFIGS:
             base = resolve_condinst_config(self.name)
             return CondInstConfig.from_dict({**base.to_dict(), **settings}, source="settings")

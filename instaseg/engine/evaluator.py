@@ -1,6 +1,8 @@
-"""Validation during training: predict the validation images (split over the processes), score with COCO AP.
+"""Validation during training: predict the validation images (split over the processes), score with COCO AP
+and Panoptic Quality.
 
-The scoring itself is `instaseg.evaluation.evaluate_coco`, against the validation set written once as COCO
+The scoring itself is `instaseg.evaluation.evaluate_coco` (and the report's PQ of the instance sets, made
+non-overlapping, detections scoring >= `PQ_MIN_SCORE`), against the validation set written once as COCO
 JSON by `instaseg.data.coco.write_coco` (`val_ground_truth.json` in the run folder), so training reports
 exactly what `instaseg eval` would report on that file.
 """
@@ -17,11 +19,14 @@ from instaseg.data.records import Dataset
 from instaseg.data.torch_dataset import CategoryMap
 from instaseg.engine.distributed import DistributedContext, all_gather_objects
 from instaseg.evaluation import evaluate_coco
+from instaseg.evaluation.report import evaluate
 from instaseg.evaluation.validation import read_json
 from instaseg.io.images import load_image, to_tensor
 
 # Summary numbers copied into the metrics log, per IoU type ("segm" for masks, "bbox" for boxes).
 LOGGED_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR_max")
+# PQ counts every kept segment, so it needs a score cut: detectron2's instance threshold for panoptic output.
+PQ_MIN_SCORE = 0.5
 
 
 class Evaluator:
@@ -81,7 +86,27 @@ class Evaluator:
                 results_source="validation predictions",
             )
             metrics.update({f"{iou_type}_{name}": float(coco.stats[name]) for name in LOGGED_STATS})
+        metrics.update(self._panoptic_quality(results))
         return metrics
+
+    def _panoptic_quality(self, results: list[dict]) -> dict[str, float]:
+        """`pq_PQ`, `pq_SQ`, `pq_RQ` over all classes (-1 when no class counts, e.g. nothing predicted)."""
+        if not results:
+            return {"pq_PQ": -1.0, "pq_SQ": -1.0, "pq_RQ": -1.0}
+        report, _ = evaluate(
+            self.ground_truth(),
+            results,
+            max_dets=self.max_detections,
+            min_score=PQ_MIN_SCORE,
+            metrics=["pq"],
+            gt_source=str(self.ground_truth_path),
+            results_source="validation predictions",
+        )
+        overall = report["panoptic"]["groups"]["All"]
+        return {
+            f"pq_{name}": -1.0 if overall[name] is None else float(overall[name])
+            for name in ("PQ", "SQ", "RQ")
+        }
 
     def ground_truth(self) -> dict:
         if self._ground_truth is None:

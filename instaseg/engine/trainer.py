@@ -140,14 +140,20 @@ class Trainer:
         loop = config.train
         self.files = prepare_run_dir(config.output_dir, resume, overwrite) if context.is_main else None
         train_set = read_dataset(config.data.train, "train", report=context.is_main)
-        self.categories = CategoryMap([category.id for category in train_set.categories])
-        self.category_records = [{"id": c.id, "name": c.name} for c in train_set.categories]
-        self.model_config = config.model.model_config(num_classes=self.categories.num_classes)
-        if self.model_config.num_classes != self.categories.num_classes:
+        # Things first, then stuff (categories with `isthing: 0`): model classes 1..T are the detector's,
+        # T+1..T+S the semantic head's (Panoptic FPN).
+        things = [c for c in train_set.categories if c.extra.get("isthing", 1)]
+        stuff = [c for c in train_set.categories if not c.extra.get("isthing", 1)]
+        self.categories = CategoryMap([category.id for category in things + stuff])
+        self.category_records = [{"id": c.id, "name": c.name} for c in things + stuff]
+        self.model_config = config.model.model_config(
+            num_classes=len(things) + 1, num_stuff_classes=len(stuff)
+        )
+        if self.model_config.num_classes != len(things) + 1:
             raise ConfigError(
                 f"config key 'model.settings.num_classes' is {self.model_config.num_classes} but the "
-                f"training set has {len(self.categories.category_ids)} categories (num_classes counts "
-                f"the background: expected {self.categories.num_classes})"
+                f"training set has {len(things)} thing categories (num_classes counts the background: "
+                f"expected {len(things) + 1})"
             )
         torch.manual_seed(derive_seed(loop.seed))  # the initial weights follow the seed like every other draw
         self.model = build_for(self.model_config, config.model.weights)
@@ -392,7 +398,9 @@ def build_for(model_config: MaskRCNNConfig | CondInstConfig, weights: str | None
 
 def loss_keys_for(model_config: MaskRCNNConfig | CondInstConfig) -> tuple[str, ...]:
     """The loss names the family's training forward returns, in logging order."""
-    return CONDINST_LOSS_KEYS if isinstance(model_config, CondInstConfig) else LOSS_KEYS
+    if isinstance(model_config, CondInstConfig):
+        return CONDINST_LOSS_KEYS
+    return LOSS_KEYS + (("loss_sem_seg",) if model_config.num_stuff_classes else ())
 
 
 def load_backbone_weights_for(model: torch.nn.Module, source: str) -> None:
