@@ -1,29 +1,30 @@
-"""Panoptic and semantic outputs from instance predictions (and, when a model has one, a semantic map).
+"""Panoptic and semantic outputs from a model's predictions.
 
-The merge (detectron2's rule for Panoptic FPN, with its defaults) gives each pixel to at most one segment:
+Things are the instances without an `isthing` field or with `isthing` True; stuff the instances with it
+False (one per stuff class and image: what a Mask R-CNN with a semantic head, Panoptic FPN, outputs). The
+merge (detectron2's rule for Panoptic FPN, with its defaults) gives each pixel to at most one segment:
 
-1. instances by decreasing score, those scoring at least `score_threshold`: an instance whose mask lies more
-   than `overlap_threshold` on pixels already claimed is dropped; otherwise it takes its unclaimed pixels,
-   and is dropped when fewer than `min_area` remain;
-2. then, with a semantic map, each stuff category takes its still-unclaimed pixels as one segment when they
-   number at least `stuff_area_threshold`;
+1. things by decreasing score, those scoring at least `score_threshold`: a thing whose mask lies more than
+   `overlap_threshold` on pixels already claimed is dropped; otherwise it takes its unclaimed pixels, and is
+   dropped when fewer than `min_area` remain;
+2. then each stuff region takes its still-unclaimed pixels when they number at least `stuff_area_threshold`;
 3. every other pixel stays unlabelled (segment id 0).
 
-Without a semantic map (instance-only models, as nuclei segmentation is usually scored) the result is a
-non-overlapping instance set: step 1 alone. Masks are handled one instance crop at a time, so memory grows
-with the objects, not with N x image size.
+For an instance-only model (as nuclei segmentation is usually scored) the result is a non-overlapping
+instance set: step 1 alone. Masks are handled one instance crop at a time, so memory grows with the
+objects, not with N x image size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from instaseg.inference.mask_crops import crops_from_masks
+from instaseg.inference.mask_crops import MaskCrop, crops_from_masks
 from instaseg.structures.instances import Instances
-from instaseg.structures.panoptic import MAX_SEGMENT_ID, PanopticSegmentation, Segment, segment_bbox
+from instaseg.structures.panoptic import MAX_SEGMENT_ID, PanopticSegmentation, Segment
 
 
 @dataclass(frozen=True)
@@ -45,58 +46,64 @@ class PanopticOptions:
 
 
 def instances_to_panoptic(
-    instances: Instances,
-    options: PanopticOptions = PanopticOptions(),
-    semantic: np.ndarray | None = None,
-    stuff_category_ids: Collection[int] = (),
+    instances: Instances, options: PanopticOptions = PanopticOptions()
 ) -> PanopticSegmentation:
-    """Merge one image's `instances` (labels are category ids, as `Predictor` returns them) and optional
-    `semantic (H, W)` category-id map into a `PanopticSegmentation`. Only `stuff_category_ids` of the
-    semantic map become stuff segments (its thing categories are covered by the instances)."""
+    """Merge one image's things and stuff (labels are category ids, as `Predictor` returns them) into a
+    `PanopticSegmentation` (see the module docstring)."""
     height, width = instances.image_size
-    if semantic is not None and semantic.shape != (height, width):
-        raise ValueError(
-            f"semantic map is {semantic.shape}, but the instances are for an image of {(height, width)}"
-        )
     if len(instances) and instances.masks is None:
         raise ValueError("panoptic output needs instance masks; these instances have none")
     segment_ids = np.zeros((height, width), dtype=np.int32)
     segments: list[Segment] = []
-    order = np.argsort(-instances.scores.numpy(), kind="stable") if len(instances) else np.zeros(0, int)
-    crops = crops_from_masks(instances.masks) if len(instances) else []
-    for index in order:
-        score = float(instances.scores[index])
+    if not len(instances):
+        return PanopticSegmentation(segment_ids, segments)
+    isthing = instances.fields.get("isthing", torch.ones(len(instances), dtype=torch.bool)).bool().numpy()
+    scores = instances.scores.numpy()
+    crops = crops_from_masks(instances.masks)
+    things = [
+        i for i in np.argsort(-scores, kind="stable") if isthing[i] and scores[i] >= options.score_threshold
+    ]
+    for index in things:
         crop = crops[index]
-        if score < options.score_threshold or crop.area == 0:
-            continue
         window = segment_ids[crop.window()]
         claimed = (window > 0) & crop.bitmap
-        if claimed.sum() / crop.area > options.overlap_threshold:
+        if crop.area == 0 or claimed.sum() / crop.area > options.overlap_threshold:
             continue
-        free = crop.bitmap & ~claimed
-        area = int(free.sum())
-        if area == 0 or area < options.min_area:
-            continue
-        segment_id = _next_id(segments)
-        window[free] = segment_id
-        rows, cols = np.nonzero(free)
-        bbox = (
-            float(crop.x0 + cols.min()),
-            float(crop.y0 + rows.min()),
-            float(cols.max() + 1 - cols.min()),
-            float(rows.max() + 1 - rows.min()),
-        )
-        segments.append(Segment(segment_id, int(instances.labels[index]), True, area, bbox, score=score))
-    if semantic is not None:
-        for category_id in sorted(set(int(c) for c in stuff_category_ids)):
-            free = (semantic == category_id) & (segment_ids == 0)
-            area = int(free.sum())
-            if area == 0 or area < options.stuff_area_threshold:
-                continue
-            segment_id = _next_id(segments)
-            segment_ids[free] = segment_id
-            segments.append(Segment(segment_id, category_id, False, area, segment_bbox(free)))
+        _claim(segments, window, crop, crop.bitmap & ~claimed, options.min_area, instances, index, True)
+    for index in np.flatnonzero(~isthing):
+        crop = crops[index]
+        window = segment_ids[crop.window()]
+        free = crop.bitmap & (window == 0)
+        _claim(segments, window, crop, free, max(1, options.stuff_area_threshold), instances, index, False)
     return PanopticSegmentation(segment_ids, segments)
+
+
+def _claim(
+    segments: list[Segment],
+    window: np.ndarray,
+    crop: MaskCrop,
+    free: np.ndarray,
+    min_area: int,
+    instances: Instances,
+    index: int,
+    isthing: bool,
+) -> None:
+    """Give the `free` pixels of `crop` (inside `window`, the segment-id map under the crop) to a new segment
+    for instance `index`, unless fewer than `min_area` (and at least one) are free."""
+    area = int(free.sum())
+    if area == 0 or area < min_area:
+        return
+    segment_id = _next_id(segments)
+    window[free] = segment_id
+    rows, cols = np.nonzero(free)
+    bbox = (
+        float(crop.x0 + cols.min()),
+        float(crop.y0 + rows.min()),
+        float(cols.max() + 1 - cols.min()),
+        float(rows.max() + 1 - rows.min()),
+    )
+    score = float(instances.scores[index])
+    segments.append(Segment(segment_id, int(instances.labels[index]), isthing, area, bbox, score=score))
 
 
 def _next_id(segments: list[Segment]) -> int:

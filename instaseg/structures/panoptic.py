@@ -90,10 +90,3 @@ class PanopticSegmentation:
                 raise ValueError(f"segment {segment.id}: category {segment.category_id} has no class index")
             lookup[segment.id] = class_index[segment.category_id]
         return lookup[self.segment_ids]
-
-
-def segment_bbox(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """COCO `[x, y, w, h]` of a non-empty `(H, W)` bool mask, in pixel corners."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]), float(rows[-1] + 1 - rows[0])

@@ -56,17 +56,24 @@ def test_score_overlap_and_area_thresholds():
 
 
 def test_stuff_fills_unclaimed_pixels_when_large_enough():
-    thing = box_mask(0, 0, 5, 5)
-    semantic = np.zeros((10, 10), dtype=np.int64)
-    semantic[:, 5:] = 7  # 50 pixels of stuff "7"
-    semantic[9, 0] = 8  # a single pixel of stuff "8"
-    result = instances_to_panoptic(
-        instances([thing], [0.9], [1]), PanopticOptions(stuff_area_threshold=10), semantic, {7, 8}
-    )
-    assert [(s.category_id, s.isthing, s.area) for s in result.segments] == [(1, True, 25), (7, False, 50)]
+    thing = box_mask(0, 0, 5, 5)  # 25 pixels
+    right = box_mask(0, 5, 10, 10)  # stuff 7: 50 pixels, all free
+    left = box_mask(0, 0, 10, 5)  # stuff 8: 50 pixels, 25 under the thing
+    bottom = box_mask(9, 0, 10, 10)  # stuff 9: all of its pixels taken by 7 and 8 already
+    small = box_mask(4, 4, 6, 6)  # stuff 6: 4 pixels, 3 of them free: below the default 4096
+    predicted = instances([thing, right, left, bottom], [0.9, 0.8, 0.7, 0.6], [1, 7, 8, 9])
+    predicted = predicted.replace(isthing=torch.tensor([True, False, False, False]))
+    result = instances_to_panoptic(predicted, PanopticOptions(stuff_area_threshold=10))
+    assert [(s.category_id, s.isthing, s.area) for s in result.segments] == [
+        (1, True, 25),
+        (7, False, 50),
+        (8, False, 25),
+    ]
     assert result.segments[1].bbox == (5.0, 0.0, 5.0, 10.0)
-    with pytest.raises(ValueError, match="semantic map is"):
-        instances_to_panoptic(instances([thing], [0.9], [1]), semantic=np.zeros((3, 3), int))
+    assert (result.segment_ids > 0).all()
+    # Stuff below the area threshold stays unlabelled.
+    tiny = instances([thing, small], [0.9, 0.5], [1, 6]).replace(isthing=torch.tensor([True, False]))
+    assert [s.category_id for s in instances_to_panoptic(tiny).segments] == [1]
 
 
 def test_coco_png_encoding_round_trip_and_semantic_map():
