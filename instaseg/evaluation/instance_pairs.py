@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instaseg.evaluation.pixels import (
+    PixelSets,
     boundary_dilation,
     boundary_entries,
     image_chunks,
@@ -132,8 +133,8 @@ def collect(gt: GroundTruth, results: Results, min_score: float, boundary: bool 
             gt_do = np.zeros(gt_sel.size, dtype=bool)
             dt_do[a[can_match]] = True
             gt_do[b[can_match]] = True
-            local_dt = type(dts)(dts.key - image_offset[dt_image][dts.mask], dts.mask, dts.area)
-            local_gt = type(gts)(gts.key - image_offset[gt_image][gts.mask], gts.mask, gts.area)
+            local_dt = PixelSets(dts.key - image_offset[dt_image][dts.mask], dts.mask, dts.area)
+            local_gt = PixelSets(gts.key - image_offset[gt_image][gts.mask], gts.mask, gts.area)
             dt_heights = gt.heights[results.image_index[dt_sel]]
             gt_heights = gt.heights[gt.image_index[gt_sel]]
             dt_band = boundary_entries(local_dt, dt_heights, dilation[results.image_index[dt_sel]], dt_do)

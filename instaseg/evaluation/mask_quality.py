@@ -23,7 +23,7 @@ import numpy as np
 from instaseg.evaluation.coco_eval import Match, boundary_ious
 from instaseg.evaluation.instance_pairs import BOUNDARY_DILATION_RATIO, InstancePairs, collect
 from instaseg.evaluation.pixels import PixelSets, boundary_dilation, boundary_entries, pair_counts, pixel_sets
-from instaseg.evaluation.validation import GroundTruth, Masks, check_ground_truth, check_results
+from instaseg.evaluation.validation import GroundTruth, MaskColumns, check_ground_truth, check_results
 from instaseg.structures.masks import rle_runs
 
 __all__ = ["BOUNDARY_DILATION_RATIO", "MaskQuality", "boundary_iou", "foreground_dice", "mask_quality"]
@@ -45,7 +45,7 @@ def boundary_iou(dt_rle: dict, gt_rle: dict, dilation_ratio: float = BOUNDARY_DI
     """Boundary IoU of two compressed RLE masks of one image size (Cheng et al. 2021)."""
     height, width = (int(v) for v in gt_rle["size"])
     runs, offsets, _ = rle_runs([dt_rle["counts"], gt_rle["counts"]])
-    pixels = pixel_sets(Masks([], runs, offsets), np.arange(2), np.zeros(2, dtype=np.int64))
+    pixels = pixel_sets(MaskColumns([], runs, offsets), np.arange(2), np.zeros(2, dtype=np.int64))
     dilation = boundary_dilation(np.array([height]), np.array([width]), dilation_ratio)
     band = boundary_entries(pixels, np.full(2, height), np.repeat(dilation, 2))
     dt = PixelSets(pixels.key[pixels.mask == 0], np.zeros(int(pixels.area[0]), np.int64), pixels.area[:1])

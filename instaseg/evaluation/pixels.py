@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from instaseg.evaluation.validation import Masks
+from instaseg.evaluation.validation import MaskColumns
 
 # Images per chunk are chosen so that a chunk's canvas holds at most this many pixels (int32 label maps).
 CANVAS_PIXELS = 1 << 22
@@ -58,7 +58,7 @@ def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, 
     return positions, owner
 
 
-def pixel_sets(masks: Masks, selection: np.ndarray, canvas_offset: np.ndarray) -> PixelSets:
+def pixel_sets(masks: MaskColumns, selection: np.ndarray, canvas_offset: np.ndarray) -> PixelSets:
     """The foreground pixels of masks `selection` (indices into `masks`), each shifted by `canvas_offset` (one
     per selected mask: where its image starts on the canvas)."""
     selection = np.asarray(selection, dtype=np.int64)

@@ -45,7 +45,7 @@ class _ColumnFailed(Exception):
 
 
 @dataclass(frozen=True)
-class Masks:
+class MaskColumns:
     """N compressed RLE masks of checked input: `counts` (str) of each mask (its size is its image's) and
     their runs: those of mask i are `runs[offsets[i]:offsets[i + 1]]`, background first, column-major."""
 
@@ -71,7 +71,7 @@ class GroundTruth:
     annotation_category_ids: np.ndarray
     iscrowd: np.ndarray
     area: np.ndarray
-    masks: Masks | None
+    masks: MaskColumns | None
 
     def index_of_images(self, image_ids: np.ndarray) -> np.ndarray:
         """Positions in `image_ids` order of the given (known) image ids."""
@@ -89,7 +89,7 @@ class Results:
     image_index: np.ndarray
     category_ids: np.ndarray
     scores: np.ndarray
-    masks: Masks | None
+    masks: MaskColumns | None
     box_area: np.ndarray | None  # (N,) w * h of the records' `bbox`, when they carry one
 
     def __len__(self) -> int:
@@ -151,7 +151,7 @@ def _bboxes(values: list) -> np.ndarray:
     return array
 
 
-def _rle_masks(segmentations: list, heights: np.ndarray, widths: np.ndarray) -> Masks:
+def _rle_masks(segmentations: list, heights: np.ndarray, widths: np.ndarray) -> MaskColumns:
     """Column-wise check and runs of segmentations that are all compressed RLE of their image's size."""
     if set(map(type, segmentations)) - {dict}:
         raise _ColumnFailed
@@ -172,17 +172,17 @@ def _rle_masks(segmentations: list, heights: np.ndarray, widths: np.ndarray) -> 
     covered = np.add.reduceat(runs, offsets[:-1]) if runs.size else np.zeros(0, dtype=np.int64)
     if (covered != heights * widths).any():
         raise _ColumnFailed
-    return Masks(counts, runs, offsets)
+    return MaskColumns(counts, runs, offsets)
 
 
-def _converted_masks(segmentations: list[Any], heights: np.ndarray, widths: np.ndarray) -> Masks:
+def _converted_masks(segmentations: list[Any], heights: np.ndarray, widths: np.ndarray) -> MaskColumns:
     """Masks of checked segmentations of any COCO form (polygons and uncompressed RLE are converted)."""
     counts = [
         segmentation_to_rle(segmentation, int(height), int(width))["counts"]
         for segmentation, height, width in zip(segmentations, heights, widths, strict=True)
     ]
     runs, offsets, _ = rle_runs(counts)
-    return Masks(counts, runs, offsets)
+    return MaskColumns(counts, runs, offsets)
 
 
 def check_ground_truth(gt: Any, source: str, iou_type: str) -> GroundTruth:
@@ -214,8 +214,9 @@ def check_ground_truth(gt: Any, source: str, iou_type: str) -> GroundTruth:
     # Every record passed one by one: the columns failed on a container they do not take (a Mapping that is
     # not a dict); plain copies pass.
     images, annotations, categories = ([dict(x) for x in part] for part in (images, annotations, categories))
+    plain = {**gt, "images": images, "annotations": annotations, "categories": categories}
     try:
-        return _ground_truth_columns(gt, images, annotations, categories, source, iou_type)
+        return _ground_truth_columns(plain, images, annotations, categories, source, iou_type)
     except _ColumnFailed:
         raise EvaluationInputError(f"{source}: cannot be evaluated (unsupported field types)") from None
 
@@ -278,7 +279,7 @@ def _ground_truth_columns(
     )
 
 
-def _rle_masks_or_checked(segmentations: list, heights: np.ndarray, widths: np.ndarray) -> Masks:
+def _rle_masks_or_checked(segmentations: list, heights: np.ndarray, widths: np.ndarray) -> MaskColumns:
     """Masks of segmentations in any form: compressed RLE column-wise; when other forms are present, each of
     those is checked by the rules first (polygons, uncompressed RLE)."""
     try:

@@ -22,7 +22,7 @@ from instaseg.data.records import (
     rle_problem,
     segmentation_to_rle,
 )
-from instaseg.structures.masks import decode_rle, encode_rle
+from instaseg.structures.masks import decode_rle, encode_rle, rle_runs
 
 
 def test_polygon_rules() -> None:
@@ -80,6 +80,21 @@ def test_compressed_rle_must_cover_the_image_exactly() -> None:
     large = encode_rle(np.zeros((1, 40, 30), dtype=bool))[0]["counts"]
     assert "sum to 1200" in rle_problem({"size": [20, 30], "counts": large}, 20, 30)
     assert "malformed runs" in rle_problem({"size": [4, 5], "counts": "0o"}, 4, 5)  # ends inside a number
+
+
+def test_runs_of_many_strings_decoded_together_equal_one_by_one() -> None:
+    """`rle_runs` (all masks at once, as evaluation checks them) gives each string's runs and flags exactly
+    the strings that one-by-one decoding refuses: bad characters, a number cut off, an empty string."""
+    generator = np.random.default_rng(1)
+    bitmaps = generator.random((30, 13, 11)) < generator.random((30, 1, 1))
+    counts = [rle["counts"] for rle in encode_rle(bitmaps)] + ["0o", "", "!!!", "52000"]
+    runs, offsets, well_formed = rle_runs(counts)
+    for k, text in enumerate(counts):
+        single = compressed_run_lengths(text.encode()) if text and "!" not in text else None
+        assert bool(well_formed[k]) == (single is not None)
+        if single is not None:
+            assert runs[offsets[k] : offsets[k + 1]].tolist() == single
+    assert well_formed[:30].all() and (np.add.reduceat(runs, offsets[:-1])[:30] == 13 * 11).all()
 
 
 def test_bbox_and_area_are_pixel_extent_and_count() -> None:

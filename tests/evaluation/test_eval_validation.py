@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -182,3 +183,15 @@ def test_files_name_themselves(tmp_path: Path) -> None:
         evaluate_files(gt_path, results_path)
     with pytest.raises(FileNotFoundError, match=r"results file not found: .*missing\.json"):
         evaluate_files(gt_path, tmp_path / "missing.json")
+
+
+def test_mappings_that_are_not_dicts_are_checked_record_by_record() -> None:
+    """The column-wise checks take plain dicts; other mappings go through the record-by-record pass and give
+    the same numbers."""
+    gt = _ground_truth()
+    mapped = {**gt, "annotations": [MappingProxyType(a) for a in gt["annotations"]]}
+    assert evaluate_coco(mapped, _results(gt), "segm").stats["AP"] == pytest.approx(1.0)
+    bad = copy.deepcopy(gt)
+    bad["annotations"][1]["iscrowd"] = True  # a bool is not 0 or 1 here
+    mapped = {**bad, "annotations": [MappingProxyType(a) for a in bad["annotations"]]}
+    _expect_error(mapped, _results(gt), r"gt\.json: annotation 2: 'iscrowd' must be 0 or 1, got True")
