@@ -4,7 +4,7 @@ Routes (OpenAPI schema at `/openapi.json`, browsable at `/docs`):
 
     POST /v1/predict          one image -> instances
     POST /v1/predict/batch    several images -> instances per image
-    GET  /v1/models           registered models: versions, roles, classes, input limits, live state
+    GET  /v1/models           registered models: versions, roles, categories, input limits, live state
     GET  /v1/models/{name}
     GET  /healthz             the process is up (no model needed)
     GET  /readyz              200 once every deployed model has a production version loaded and warm, else 503
@@ -15,9 +15,8 @@ Errors are JSON `{"error": {"status", "kind", "message"}}` (errors.py).
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -34,7 +33,7 @@ from instaseg import __version__
 from instaseg.serving.auth import Authenticator
 from instaseg.serving.config import ServingConfig
 from instaseg.serving.deployments import DeploymentManager
-from instaseg.serving.errors import BadInput, ServiceError
+from instaseg.serving.errors import ServiceError
 from instaseg.serving.http_inputs import merge_options, read_predict_inputs
 from instaseg.serving.limits import set_decompression_limit
 from instaseg.serving.metrics import ServingMetrics
@@ -47,9 +46,9 @@ from instaseg.serving.schemas import (
     BatchPredictResponse,
     ErrorResponse,
     HealthResponse,
-    MaskFormat,
     ModelOut,
     ModelsResponse,
+    PredictQuery,
     PredictRequest,
     PredictResponse,
     ReadyResponse,
@@ -156,10 +155,9 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, sees the 413s too
     _add_error_handlers(app, metrics)
 
-    async def run_prediction(request: Request, query: QueryOptions, batch: bool) -> tuple[Served, list[dict]]:
-        query.refuse_unknown(request.query_params.keys())
+    async def run_prediction(request: Request, query: PredictQuery, batch: bool) -> tuple[Served, list[dict]]:
         inputs = await read_predict_inputs(request, config, batch=batch)
-        options = merge_options(query.options(), inputs.options)
+        options = merge_options(query.model_dump(exclude_unset=True, exclude={"model"}), inputs.options)
         served = service.route(inputs.model or query.model)
         request.state.served = served
         route = "/v1/predict/batch" if batch else "/v1/predict"
@@ -177,7 +175,7 @@ def create_app(
         summary="Segment one image",
         openapi_extra={"requestBody": {"content": _UPLOAD_BODY, "required": True}},
     )
-    async def predict(request: Request, query: Annotated[QueryOptions, Depends()]) -> dict:
+    async def predict(request: Request, query: Annotated[PredictQuery, Query()]) -> dict:
         served, results = await run_prediction(request, query, batch=False)
         return {**results[0], "model": served.ref()}
 
@@ -187,7 +185,7 @@ def create_app(
         summary="Segment several images in one request",
         openapi_extra={"requestBody": {"content": _BATCH_UPLOAD_BODY, "required": True}},
     )
-    async def predict_batch(request: Request, query: Annotated[QueryOptions, Depends()]) -> dict:
+    async def predict_batch(request: Request, query: Annotated[PredictQuery, Query()]) -> dict:
         served, results = await run_prediction(request, query, batch=True)
         total_ms = max(result["timing"]["total_ms"] for result in results)
         return {"model": served.ref(), "results": results, "total_ms": total_ms}
@@ -250,43 +248,6 @@ async def _require_api_key(
         request.state.api_key = authenticator.authenticate(
             request.headers.get("authorization"), request.headers.get("x-api-key")
         )
-
-
-class QueryOptions:
-    """Query-string parameters of the predict routes (None: not given; JSON body options override them)."""
-
-    def __init__(
-        self,
-        model: Annotated[str | None, Query(description="registered model name")] = None,
-        score_threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-        max_detections: Annotated[int | None, Query(ge=0, le=1000)] = None,
-        mask_format: Annotated[MaskFormat | None, Query()] = None,
-        tiling: Annotated[bool | None, Query()] = None,
-    ) -> None:
-        self.model = model
-        self.score_threshold = score_threshold
-        self.max_detections = max_detections
-        self.mask_format = mask_format
-        self.tiling = tiling
-
-    @classmethod
-    def refuse_unknown(cls, names: Iterable[str]) -> None:
-        """A misspelt parameter would silently fall back to the default: refuse it, as the JSON body does."""
-        known = inspect.signature(cls).parameters
-        unknown = sorted(set(names) - set(known))
-        if unknown:
-            raise BadInput(
-                f"unknown query parameter {', '.join(map(repr, unknown))}; expected {', '.join(known)}",
-                "invalid_request",
-            )
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "score_threshold": self.score_threshold,
-            "max_detections": self.max_detections,
-            "mask_format": self.mask_format,
-            "tiling": self.tiling,
-        }
 
 
 def load_served_model(entry: ModelVersion, config: ServingConfig, metrics: ServingMetrics) -> ServedModel:

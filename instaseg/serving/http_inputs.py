@@ -57,10 +57,9 @@ async def read_predict_inputs(request: Request, config: ServingConfig, batch: bo
 
 
 def merge_options(query: dict[str, Any], body: dict[str, Any]) -> PredictOptions:
-    """Query options (None = not given), overridden by the options the JSON body sets."""
-    given = {key: value for key, value in query.items() if value is not None}
+    """The options the query string sets, overridden field by field by those the JSON body sets."""
     try:
-        return PredictOptions(**{**given, **body})
+        return PredictOptions(**{**query, **body})
     except ValidationError as exc:
         raise BadInput(f"invalid options: {_describe(exc)}", "invalid_request") from None
 

@@ -47,7 +47,8 @@ def _model(registry: ModelRegistry, deployments: DeploymentManager, config: Serv
                 "version": entry.version,
                 "role": role,
                 "state": "serving" if served is not None else states.get(entry.key, "not_loaded"),
-                "classes": entry.classes,
+                "categories": entry.classes,
+                "classes": entry.classes,  # the old name of "categories", kept for one release
                 "architecture": entry.model_info,
                 "has_drift_reference": entry.reference is not None,
                 "description": entry.description,

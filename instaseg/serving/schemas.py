@@ -14,14 +14,27 @@ Role = Literal["production", "canary"]
 
 
 class PredictOptions(BaseModel):
-    """Per-request options (query parameters, or `options` in a JSON body)."""
+    """Per-request options: the query parameters of the predict routes (with `model`, see `PredictQuery`), or
+    `options` in a JSON body, which override the query string's field by field. The one definition of them."""
 
     model_config = ConfigDict(extra="forbid")
 
-    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="drop instances scoring below this")
+    score_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="drop instances scoring below this (default: the model's recommended operating point)",
+    )
     max_detections: int = Field(100, ge=0, le=1000, description="keep at most this many, best first")
     mask_format: MaskFormat = Field("rle", description="'rle' (COCO compressed RLE) or 'polygon'")
     tiling: bool = Field(False, description="tile images larger than the service's tile_size")
+
+
+class PredictQuery(PredictOptions):
+    """The query string of the predict routes: the options, and the model to use. Unknown names are refused
+    (a misspelt option would otherwise fall back to its default silently)."""
+
+    model: str | None = Field(None, description="registered model name (default: the service's default)")
 
 
 class ImageInput(BaseModel):
@@ -68,12 +81,20 @@ class PolygonMask(BaseModel):
 
 
 class InstanceOut(BaseModel):
-    class_id: int = Field(..., description="dataset category id")
-    class_name: str
+    category_id: int = Field(..., description="dataset category id (COCO's word)")
+    category_name: str
     score: float
-    box: list[float] = Field(..., description="[x1, y1, x2, y2] in image pixels")
+    box: list[float] = Field(
+        ..., description="[x1, y1, x2, y2] in image pixels (COCO's bbox is [x, y, w, h])"
+    )
     area: int = Field(..., description="mask area in pixels")
     mask: RleMask | PolygonMask
+    class_id: int = Field(
+        ..., deprecated=True, description="old name of category_id (deprecated, kept for one release)"
+    )
+    class_name: str = Field(
+        ..., deprecated=True, description="old name of category_name (deprecated, kept for one release)"
+    )
 
 
 class ModelRef(BaseModel):
@@ -96,11 +117,19 @@ class ImageSize(BaseModel):
     width: int
 
 
+class Thresholds(BaseModel):
+    """The thresholds this result was made with: the request's, else the model's operating point."""
+
+    score_threshold: float
+    mask_threshold: float
+
+
 class ImageResult(BaseModel):
     name: str | None = None
     input_sha256: str
     image_size: ImageSize
     instances: list[InstanceOut]
+    thresholds: Thresholds
     timing: Timing
 
 
@@ -134,7 +163,10 @@ class ModelVersionOut(BaseModel):
     version: int
     role: Literal["production", "canary", "inactive"]
     state: Literal["serving", "loading", "failed", "not_loaded"]
-    classes: list[CategoryOut]
+    categories: list[CategoryOut] = Field(..., description="model category k is categories[k - 1]")
+    classes: list[CategoryOut] = Field(
+        ..., deprecated=True, description="old name of categories (deprecated, kept for one release)"
+    )
     architecture: dict[str, Any]  # the model's summary() and operating point, as registered
     has_drift_reference: bool
     description: str

@@ -290,14 +290,20 @@ def instances_to_json(instances: Instances, class_names: dict[int, str], mask_fo
             {"format": "rle", "size": [height, width], "counts": rle["counts"]}
             for rle in instances.masks.rles()
         ]
+    names = [class_names.get(label, str(label)) for label in labels]
     return [
+        # class_id / class_name: the old names of category_id / category_name, kept for one release.
         {
-            "class_id": label,
-            "class_name": class_names.get(label, str(label)),
+            "category_id": label,
+            "category_name": name,
             "score": score,
             "box": box,
             "area": int(area),
             "mask": mask,
+            "class_id": label,
+            "class_name": name,
         }
-        for label, score, box, area, mask in zip(labels, scores, boxes, areas, masks, strict=True)
+        for label, name, score, box, area, mask in zip(
+            labels, names, scores, boxes, areas, masks, strict=True
+        )
     ]

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,12 +22,13 @@ from PIL import Image
 
 from instaseg.cli import serve
 from instaseg.io.files import file_sha256
-from instaseg.models.default_model import default_model_path
+from instaseg.models.default_model import default_model_path, held_out_samples_path
 from instaseg.serving import server
 from instaseg.serving.auth import hash_api_key
 from instaseg.serving.config import DEFAULT_MODEL_NAME, ConfigError, ServingConfig, serving_config
 from instaseg.serving.registration import register_model
 from instaseg.serving.registry import ModelRegistry, RegistryError
+from instaseg.serving.server import BackgroundServer
 
 REPO = Path(__file__).resolve().parents[2]
 # Parses `serve ...` exactly as `instaseg` does (add_parser, then the command's func), in a fresh process.
@@ -165,3 +167,25 @@ def test_no_arguments_serve_the_bundled_model_from_the_per_user_registry(
     # Created once: a second start serves the same registry without registering the model again.
     assert serving_config().registry_path == config.registry_path
     assert [v.version for v in registry.versions(DEFAULT_MODEL_NAME)] == [1]
+
+
+@pytest.mark.slow
+def test_no_arguments_service_answers_with_the_bundled_model(no_arguments_config: ServingConfig) -> None:
+    sample = next(held_out_samples_path().glob("*/images/*.png"))
+    with (
+        BackgroundServer(replace(no_arguments_config, port=0)) as running,
+        httpx.Client(base_url=running.url, timeout=60) as client,
+    ):
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:  # the model loads in the background
+            assert time.monotonic() < deadline, "the bundled model did not load within 120 s"
+            time.sleep(0.2)
+        files = {"image": (sample.name, sample.read_bytes(), "image/png")}
+        response = client.post("/v1/predict", files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == {"name": DEFAULT_MODEL_NAME, "version": 1, "role": "production"}
+    assert len(body["instances"]) > 10 and {i["category_name"] for i in body["instances"]} == {"nucleus"}
+    # The model file's recommended operating point, since the request set no threshold.
+    assert body["thresholds"] == {"score_threshold": 0.7, "mask_threshold": 0.6}
+    assert min(i["score"] for i in body["instances"]) >= 0.7

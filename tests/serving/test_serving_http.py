@@ -208,6 +208,11 @@ def test_health_readiness_and_openapi(env: Env) -> None:
     assert set(body) == {"multipart/form-data", "application/json"}
     assert "image_base64" in schema["components"]["schemas"]["ImageInput"]["properties"]
     assert {"401", "413", "415", "429", "503"} <= set(schema["paths"]["/v1/predict"]["post"]["responses"])
+    # The query string is PredictOptions plus the model: one definition for both ways of sending options.
+    query = {p["name"] for p in schema["paths"]["/v1/predict"]["post"]["parameters"] if p["in"] == "query"}
+    assert query == {"model", "score_threshold", "max_detections", "mask_format", "tiling"}
+    instance = schema["components"]["schemas"]["InstanceOut"]["properties"]
+    assert instance["class_id"]["deprecated"] and "deprecated" not in instance["category_id"]
 
 
 def test_predict_upload_matches_the_library(env: Env) -> None:
@@ -235,7 +240,10 @@ def test_predict_upload_matches_the_library(env: Env) -> None:
     masks = decode_rle([{"size": i["mask"]["size"], "counts": i["mask"]["counts"]} for i in instances])
     assert np.array_equal(masks, library.masks.bitmaps().numpy())
     assert [i["area"] for i in instances] == masks.sum(axis=(1, 2)).tolist()
-    assert all(i["class_id"] == 1 and i["class_name"] == "nucleus" for i in instances)
+    assert all(i["category_id"] == 1 and i["category_name"] == "nucleus" for i in instances)
+    # The old names, kept for one release (deprecated in the OpenAPI schema).
+    assert all((i["class_id"], i["class_name"]) == (1, "nucleus") for i in instances)
+    assert body["thresholds"] == {"score_threshold": 0.3, "mask_threshold": 0.5}
     assert [i["score"] for i in instances] == sorted((i["score"] for i in instances), reverse=True)
 
 
@@ -253,6 +261,20 @@ def test_polygons_threshold_and_max_detections(env: Env) -> None:
     above = env.upload(data, f"?score_threshold={cut}").json()["instances"]
     assert [i["score"] for i in above] == [i["score"] for i in everything if i["score"] >= cut]
     assert len(env.upload(data, "?score_threshold=0&max_detections=1").json()["instances"]) == 1
+
+
+def test_without_a_threshold_the_models_operating_point_is_used(env: Env) -> None:
+    """These tiny models carry no recommended operating point, so it is score 0.05 and mask 0.5 (the bundled
+    model's 0.7 / 0.6: tests/cli/test_cli_serve.py); the response says so."""
+    data = png(48, 64, seed=2)
+    body = env.upload(data).json()
+    assert body["thresholds"] == {"score_threshold": 0.05, "mask_threshold": 0.5}
+    everything = env.upload(data, "?score_threshold=0").json()["instances"]
+    assert [i["score"] for i in body["instances"]] == [i["score"] for i in everything if i["score"] >= 0.05]
+    given = env.post(
+        "/v1/predict", json={"image": {"path": "cells/a.png"}, "options": {"score_threshold": 0.2}}
+    )
+    assert given.json()["thresholds"]["score_threshold"] == 0.2
 
 
 def test_tiling_on_request(env: Env) -> None:
@@ -388,7 +410,7 @@ def test_query_validation_batch_limit_and_chunked_body(env: Env) -> None:
     assert response.status_code == 400 and "mask_format" in response.json()["error"]["message"]
     response = env.upload(GOOD, "?score_thresh=0.99")  # misspelt: refused, not ignored
     assert response.status_code == 400, response.text
-    assert "unknown query parameter 'score_thresh'" in response.json()["error"]["message"]
+    assert response.json()["error"]["message"] == "query.score_thresh: Extra inputs are not permitted"
     files = [("images", (f"{i}.png", GOOD, "image/png")) for i in range(5)]
     response = env.post("/v1/predict/batch", files=files)
     assert response.status_code == 413 and response.json()["error"]["kind"] == "batch_too_large"
@@ -438,7 +460,8 @@ def test_models_routes(env: Env) -> None:
     first, second = nuclei["versions"]
     assert (first["version"], first["role"], first["state"]) == (1, "production", "serving")
     assert (second["version"], second["role"], second["state"]) == (2, "inactive", "not_loaded")
-    assert first["classes"] == [{"id": 1, "name": "nucleus"}] and first["description"] == "first"
+    assert first["categories"] == [{"id": 1, "name": "nucleus"}] and first["description"] == "first"
+    assert first["classes"] == first["categories"]  # the old name, kept for one release
     assert first["has_drift_reference"] and not second["has_drift_reference"]
     assert first["architecture"]["min_size"] == 64 and first["architecture"]["num_classes"] == 2
     assert first["live"]["requests"] > 0 and second["live"] is None
