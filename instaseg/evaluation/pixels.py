@@ -27,8 +27,9 @@ import numpy as np
 
 from instaseg.evaluation.validation import MaskColumns
 
-# Images per chunk are chosen so that a chunk's canvas holds at most this many pixels (int32 label maps).
-CANVAS_PIXELS = 1 << 22
+# Images per chunk are chosen so that a chunk's canvas holds at most this many pixels (int32 label maps): a
+# small canvas keeps the lookups in cache (2^18 measured 1.5x faster than 2^22 at 256x256 images).
+CANVAS_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ def _ground_truth_columns(
         _bboxes(_column(annotations, "bbox"))
     else:
         segmentations = _column(annotations, "segmentation")
-        if any(segmentation is None for segmentation in segmentations):
+        if None in segmentations:
             raise _ColumnFailed
         masks = _rle_masks_or_checked(segmentations, heights[image_index], widths[image_index])
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}

@@ -178,20 +178,22 @@ def rle_runs(counts: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.
     starts[:1] = 0
     starts[1:] = ends[:-1] + 1
     digits = ends - starts + 1
-    # Position of each character in its number (0 for the first group), from the number starts.
-    position = np.arange(raw.size, dtype=np.int64)
-    is_start = np.zeros(raw.size, dtype=bool)
-    is_start[starts] = True
-    position -= np.maximum.accumulate(np.where(is_start, position, 0))
+    values = (group[starts] & 0x1F).astype(np.int64)
+    # Most runs take one character (runs are stored as small differences): only longer numbers loop.
+    longer = np.flatnonzero(digits > 1)
+    for k in range(1, 13):
+        if longer.size == 0:
+            break
+        values[longer] |= (group[starts[longer] + k] & 0x1F).astype(np.int64) << (5 * k)
+        longer = longer[digits[longer] > k + 1]
     long_numbers = digits > 12  # beyond 60 bits: no real run is this long
-    shifted = (group & 0x1F).astype(np.int64) << (5 * np.minimum(position, 12))
-    values = np.add.reduceat(shifted, starts) if ends.size else np.zeros(0, dtype=np.int64)
     negative = np.flatnonzero(group[ends] & 0x10)
     values[negative] -= np.int64(1) << np.minimum(5 * digits[negative], 60)
     flags = bad | unfinished
     flags[ends[long_numbers]] = True
-    problems = np.concatenate(([0], np.cumsum(flags)))
-    well_formed = nonempty & (problems[char_end] == problems[char_start])
+    well_formed = nonempty.copy()
+    if raw.size:
+        well_formed[nonempty] = ~np.logical_or.reduceat(flags, char_start[nonempty])
     offsets = np.concatenate(([0], np.searchsorted(ends, char_end, side="left")))
     # From the third run on a run is stored as a difference to the run two places back: per string, the
     # odd runs and the even runs from index 2 on are cumulative sums of the stored values. The cumulative
