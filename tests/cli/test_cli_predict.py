@@ -14,6 +14,9 @@ from PIL import Image
 from instaseg.cli import main as cli_main
 from instaseg.data.convert import convert
 from instaseg.models import build, save_weights
+from instaseg.models.default_model import held_out_samples_path
+from instaseg.models.loading import load_model
+from instaseg.models.protocol import OperatingPoint
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +162,75 @@ def test_video_gets_tracks_and_an_overlay_video(tmp_path, checkpoint, capsys):
     assert (out / "clip_overlay.mp4").stat().st_size > 0
     assert cli_main.main(["predict", str(clip), str(clip), "--video", "--model", str(checkpoint)]) == 2
     assert "exactly one video" in capsys.readouterr().err
+
+
+def test_without_thresholds_the_model_files_operating_point_is_used(tmp_path, checkpoint, capsys):
+    image = tmp_path / "cells.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(image)
+    argv = ["predict", str(image), "--no-progress"]
+    everything_argv = [
+        *argv,
+        "--model",
+        str(checkpoint),
+        "--score-threshold",
+        "0",
+        "--out",
+        str(tmp_path / "all"),
+    ]
+    assert cli_main.main(everything_argv) == 0
+    scores = sorted(r["score"] for r in json.loads((tmp_path / "all" / "results.json").read_text()))
+    cut = round(scores[len(scores) // 2], 2)  # some detections below the model's recommended cut, some above
+    assert scores[0] < cut <= scores[-1]
+    model = load_model(checkpoint)
+    model.operating_point = OperatingPoint(score_threshold=cut, mask_threshold=0.6)
+    save_weights(model, tmp_path / "with_point.pt")
+    capsys.readouterr()
+    assert (
+        cli_main.main([*argv, "--model", str(tmp_path / "with_point.pt"), "--out", str(tmp_path / "d")]) == 0
+    )
+    assert f"thresholds: score_threshold {cut:g}, mask_threshold 0.6" in capsys.readouterr().out
+    images = json.loads((tmp_path / "d" / "images.json").read_text())
+    assert images["thresholds"] == {"score_threshold": cut, "mask_threshold": 0.6}
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert sorted(r["score"] for r in results) == pytest.approx([score for score in scores if score >= cut])
+
+
+@pytest.mark.slow
+def test_without_thresholds_the_bundled_models_operating_point_is_used(tmp_path, capsys):
+    sample = next(held_out_samples_path().glob("*/images/*.png"))
+    out = tmp_path / "default"
+    assert cli_main.main(["predict", str(sample), "--out", str(out), "--no-progress"]) == 0
+    assert "thresholds: score_threshold 0.7, mask_threshold 0.6" in capsys.readouterr().out
+    images = json.loads((out / "images.json").read_text())
+    assert images["thresholds"] == {"score_threshold": 0.7, "mask_threshold": 0.6}
+    at_operating_point = json.loads((out / "results.json").read_text())
+    assert at_operating_point and min(r["score"] for r in at_operating_point) >= 0.7
+    # For AP every detection counts: ask for 0.05; the mask cut stays the model's.
+    out = tmp_path / "for_ap"
+    argv = ["predict", str(sample), "--out", str(out), "--no-progress", "--score-threshold", "0.05"]
+    assert cli_main.main(argv) == 0
+    assert json.loads((out / "images.json").read_text())["thresholds"] == {
+        "score_threshold": 0.05,
+        "mask_threshold": 0.6,
+    }
+    assert len(json.loads((out / "results.json").read_text())) > len(at_operating_point)
+
+
+def test_old_flag_spellings_still_work_with_a_warning(tmp_path, checkpoint, capsys, monkeypatch):
+    from instaseg.inference import command
+
+    called = {}
+
+    def fake_run_predict(inputs, out_dir, model, **options):
+        called.update(options)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(command, "run_predict", fake_run_predict)
+    argv = ["predict", "x.png", "--nms", "hard", "--nms-iou", "0.4", "--video", "--track-iou", "0.2"]
+    assert cli_main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--nms-iou is deprecated" in err and "use --nms-iou-threshold" in err
+    assert "--track-iou is deprecated" in err and "use --track-iou-threshold" in err
+    assert called["postprocess"].nms_iou_threshold == 0.4 and called["tracker"].iou_threshold == 0.2
+    # Unset options are left to the library: the defaults are PostprocessOptions' own.
+    assert called["postprocess"].score_threshold is None and called["postprocess"].min_mask_area == 0
