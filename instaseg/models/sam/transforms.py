@@ -7,6 +7,8 @@ pixel centres itself. The image is resized with Pillow's bilinear filter on uint
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -55,49 +57,16 @@ def postprocess_masks(
 ) -> torch.Tensor:
     """Mask logits `(B, C, 256, 256)` -> `(B, C, H, W)` logits in original pixels, in two bilinear steps.
 
-    First to the padded `image_size` square, then the padding (bottom/right of the resized `input_size`) is
-    cut off and the rest resized to `original_size`; both with `align_corners=False`, as the official model.
+    As the official model: first to the padded `image_size` square, then the padding (bottom/right of the
+    resized `input_size`) is cut off and the rest resized to `original_size`, both `align_corners=False`.
+    The padded part of the first step is never computed: the low-res rows and columns that the kept part
+    reads (one beyond it, for the interpolation) are upsampled by the same factor, which gives the same
+    values bit for bit (each output pixel reads the same two source pixels with the same weights).
     """
-    masks = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    factor = image_size // low_res.shape[-1]
+    rows = min(low_res.shape[-2], math.ceil(input_size[0] / factor) + 1)
+    cols = min(low_res.shape[-1], math.ceil(input_size[1] / factor) + 1)
+    kept = low_res[..., :rows, :cols]
+    masks = F.interpolate(kept, (rows * factor, cols * factor), mode="bilinear", align_corners=False)
     masks = masks[..., : input_size[0], : input_size[1]]
     return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
-
-
-def bilinear_matrix(in_size: int, out_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`(out_size, in_size)` matrix R with `R @ x` = 1-D bilinear resize of x (align_corners=False).
-
-    Written out because it lets two resize steps compose into one matrix per axis (`postprocess_matrices`),
-    which F.interpolate cannot express.
-    """
-    scale = in_size / out_size
-    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
-    low = source.floor().long().clamp(max=in_size - 1)
-    high = (low + 1).clamp(max=in_size - 1)
-    frac = source - low
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    rows = torch.arange(out_size)
-    matrix.index_put_((rows, low), 1 - frac, accumulate=True)
-    matrix.index_put_((rows, high), frac, accumulate=True)
-    return matrix.to(dtype)
-
-
-def postprocess_matrices(
-    input_size: tuple[int, int],
-    original_size: tuple[int, int],
-    low_res_size: int = 256,
-    image_size: int = TARGET_LENGTH,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`A_y (H, 256)`, `A_x (W, 256)` with `A_y @ logits @ A_x.T` = `postprocess_masks(logits)` for one mask.
-
-    The two bilinear steps (to the 1024 square, crop, to the original size) are linear per axis, so each axis
-    is one matrix: the padded area is never computed and a mask costs two matrix products.
-    """
-    height_steps = (
-        bilinear_matrix(input_size[0], original_size[0], torch.float64)
-        @ bilinear_matrix(low_res_size, image_size, torch.float64)[: input_size[0]]
-    )
-    width_steps = (
-        bilinear_matrix(input_size[1], original_size[1], torch.float64)
-        @ bilinear_matrix(low_res_size, image_size, torch.float64)[: input_size[1]]
-    )
-    return height_steps.float(), width_steps.float()
