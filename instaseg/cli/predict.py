@@ -57,6 +57,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--label-maps", action="store_true", help="write instance label-map PNGs")
     parser.add_argument("--polygons", action="store_true", help="write mask outlines as GeoJSON")
+    parser.add_argument(
+        "--semantic",
+        action="store_true",
+        help="write semantic/<image>.png: each pixel the category id of the segment claiming it, 0 where "
+        "none does (the panoptic merge of the predictions, see docs/prediction.md)",
+    )
+    parser.add_argument(
+        "--panoptic",
+        action="store_true",
+        help="write COCO panoptic output: panoptic/<image>.png (segment ids as RGB) and panoptic.json",
+    )
     parser.add_argument("--video", action="store_true", help="INPUT is one video file or folder of frames")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
@@ -162,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
             overlay_labels=args.labels,
             label_maps=args.label_maps,
             polygons=args.polygons,
+            semantic=args.semantic,
+            panoptic=args.panoptic,
         ),
         coco_gt=args.coco_gt,
         batch_size=args.batch_size,
@@ -179,6 +192,7 @@ def _run_on_ray(args: argparse.Namespace, postprocess: object, tiling: object, t
     from instaseg.inference.ray_predict import RayOptions, predict_with_ray
 
     local_only = {"--overlay": args.overlay, "--label-maps": args.label_maps, "--polygons": args.polygons}
+    local_only.update({"--semantic": args.semantic, "--panoptic": args.panoptic})
     local_only.update({"--coco-gt": args.coco_gt, "--video": args.video})
     if any(local_only.values()):
         used = ", ".join(flag for flag, value in local_only.items() if value)

@@ -17,12 +17,15 @@ objects, not with N x image size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from instaseg.inference.mask_crops import MaskCrop, crops_from_masks
+from instaseg.io.atomic import atomic_write
 from instaseg.structures.instances import Instances
 from instaseg.structures.panoptic import MAX_SEGMENT_ID, PanopticSegmentation, Segment
 
@@ -111,3 +114,43 @@ def _next_id(segments: list[Segment]) -> int:
     if segment_id > MAX_SEGMENT_ID:
         raise ValueError(f"more than {MAX_SEGMENT_ID} segments in one image do not fit a COCO panoptic PNG")
     return segment_id
+
+
+@dataclass
+class PanopticResults:
+    """Accumulates COCO panoptic predictions: `save()` writes `panoptic.json` (`images`, `annotations` with
+    each image's PNG `file_name` and `segments_info`, `categories` with `isthing`) into `folder`; the PNGs
+    themselves are written per image by the caller (`PanopticSegmentation.to_rgb`)."""
+
+    folder: Path
+    categories: list[dict] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+    annotations: list[dict] = field(default_factory=list)
+
+    def add(self, image_id: int, file_name: str, png_name: str, segmentation: PanopticSegmentation) -> None:
+        height, width = segmentation.image_size
+        self.images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        self.annotations.append(
+            {"image_id": image_id, "file_name": png_name, "segments_info": segmentation.segments_info()}
+        )
+
+    def save(self) -> None:
+        """Write `panoptic.json` atomically; a category is a thing unless it was only ever seen as stuff."""
+        stuff = {
+            segment["category_id"]
+            for annotation in self.annotations
+            for segment in annotation["segments_info"]
+            if not segment["isthing"]
+        }
+        categories = [
+            {**category, "isthing": int(category["id"] not in stuff)} for category in self.categories
+        ]
+        payload = {"images": self.images, "annotations": self.annotations, "categories": categories}
+        with atomic_write(self.folder / "panoptic.json", "w") as stream:
+            json.dump(payload, stream)
+
+
+def semantic_map(segmentation: PanopticSegmentation) -> np.ndarray:
+    """`(H, W)` map of the segments' category ids (uint8, or uint16 for ids above 255); 0 = unclaimed."""
+    ids = {segment.category_id for segment in segmentation.segments}
+    return segmentation.semantic_map({category: category for category in ids}, unlabelled=0)

@@ -31,6 +31,7 @@ from instaseg.inference.outputs import (
     write_json,
 )
 from instaseg.inference.overlay import draw_overlay
+from instaseg.inference.panoptic import PanopticOptions, PanopticResults, instances_to_panoptic, semantic_map
 from instaseg.inference.predictor import Predictor
 from instaseg.io.images import load_image, to_tensor
 from instaseg.structures.instances import Instances
@@ -43,12 +44,17 @@ PER_IMAGE_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
 @dataclass(frozen=True)
 class OutputOptions:
     """Which per-image files to write besides results.json / images.json. `overlay_labels`: text on the
-    overlays (None: only where it fits; see `draw_overlay`)."""
+    overlays (None: only where it fits; see `draw_overlay`). `semantic`: `semantic/<stem>.png` maps of
+    category ids (0 where nothing is), `panoptic`: COCO panoptic `panoptic/<stem>.png` + `panoptic.json`,
+    both from the panoptic merge of the predictions (`instaseg.inference.panoptic`, `panoptic_options`)."""
 
     overlay: bool = False
     overlay_labels: bool | None = None
     label_maps: bool = False
     polygons: bool = False
+    semantic: bool = False
+    panoptic: bool = False
+    panoptic_options: PanopticOptions = PanopticOptions()
 
 
 @dataclass
@@ -107,12 +113,15 @@ def predict_files(
         ("overlays", outputs.overlay),
         ("label_maps", outputs.label_maps),
         ("polygons", outputs.polygons),
+        ("semantic", outputs.semantic),
+        ("panoptic", outputs.panoptic),
     ):
         if wanted:
             ensure_writable_folder(out_dir / name)
 
     thresholds = used_thresholds(predictor)
     results = ResultsFile(out_dir, categories=predictor.categories, thresholds=thresholds)
+    panoptic = PanopticResults(out_dir, predictor.categories) if outputs.panoptic else None
     for failure in failures:
         results.add_failure(failure.source, failure.reason)
     summary = PredictionSummary(out_dir, thresholds=thresholds, failures=list(failures))
@@ -144,19 +153,33 @@ def predict_files(
                 summary.images += 1
                 summary.instances += len(instances)
                 problem = _write_image_outputs(
-                    out_dir, path, image, instances, predictor, outputs, used_stems, results.images[-1]
+                    out_dir,
+                    path,
+                    image,
+                    instances,
+                    predictor,
+                    outputs,
+                    used_stems,
+                    results.images[-1],
+                    panoptic,
                 )
                 if problem is not None:
                     summary.failures.append(InputFailure(str(path), problem))
                     results.add_failure(str(path), problem)
             if time.perf_counter() - last_save >= save_every:
-                results.save()
+                _save(results, panoptic)
                 last_save = time.perf_counter()
     finally:
         bar.close()
         summary.seconds = time.perf_counter() - start
-        results.save()
+        _save(results, panoptic)
     return summary
+
+
+def _save(results: ResultsFile, panoptic: PanopticResults | None) -> None:
+    results.save()
+    if panoptic is not None:
+        panoptic.save()
 
 
 def used_thresholds(predictor: Predictor) -> dict[str, float]:
@@ -220,9 +243,12 @@ def _write_image_outputs(
     outputs: OutputOptions,
     used_stems: set[str],
     record: dict,
+    panoptic: PanopticResults | None = None,
 ) -> str | None:
     """Write the requested per-image files; returns a failure reason, or None when all were written."""
-    if not (outputs.overlay or outputs.label_maps or outputs.polygons):
+    if not (
+        outputs.overlay or outputs.label_maps or outputs.polygons or outputs.semantic or outputs.panoptic
+    ):
         return None
     stem = _unused_stem(path.stem, record["id"], used_stems)
     used_stems.add(stem)
@@ -240,6 +266,17 @@ def _write_image_outputs(
             target = out_dir / "polygons" / f"{stem}.geojson"
             write_json(target, geojson(instances, predictor.class_names))
             record["polygons"] = str(target.relative_to(out_dir))
+        if outputs.semantic or outputs.panoptic:
+            segmentation = instances_to_panoptic(instances, outputs.panoptic_options)
+        if outputs.semantic:
+            target = out_dir / "semantic" / f"{stem}.png"
+            write_bytes(target, encode_png(semantic_map(segmentation)))
+            record["semantic"] = str(target.relative_to(out_dir))
+        if panoptic is not None:
+            target = out_dir / "panoptic" / f"{stem}.png"
+            write_bytes(target, encode_png(segmentation.to_rgb()))
+            record["panoptic"] = str(target.relative_to(out_dir))
+            panoptic.add(record["id"], record["file_name"], target.name, segmentation)
     except (OutputWriteError, ValueError) as exc:
         return f"results kept, but an output file failed: {exc}"
     return None

@@ -15,6 +15,7 @@ from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.runner import OutputOptions, predict_files
 from instaseg.models.protocol import OperatingPoint
+from instaseg.structures.panoptic import PanopticSegmentation
 
 DISCS = [(20.0, 30.0, 8.0), (40.0, 70.0, 10.0)]
 
@@ -209,3 +210,27 @@ def test_images_json_and_the_summary_say_which_thresholds_were_used(tmp_path, im
         "score_threshold": 0.05,
         "mask_threshold": 0.6,
     }
+
+
+def test_semantic_and_panoptic_outputs_agree_with_the_instances(tmp_path, image_folder, make_segmenter):
+    out = tmp_path / "out"
+    categories = [{"id": 7, "name": "disc"}, {"id": 9, "name": "other"}]
+    predictor = Predictor(make_segmenter(), tiling=None, categories=categories)
+    summary = predict_files(
+        [image_folder / "two.png"], out, predictor, OutputOptions(semantic=True, panoptic=True)
+    )
+    assert summary.failures == []
+    (image,) = read(out / "images.json")["images"]
+    results = read(out / "results.json")
+    semantic = np.asarray(Image.open(out / image["semantic"]))
+    assert sorted(np.unique(semantic).tolist()) == [0, 7]
+    panoptic = read(out / "panoptic.json")
+    assert [c["isthing"] for c in panoptic["categories"]] == [1, 1]
+    (annotation,) = panoptic["annotations"]
+    rgb = np.asarray(Image.open(out / "panoptic" / annotation["file_name"]))
+    ids = PanopticSegmentation.ids_from_rgb(rgb)
+    assert sorted(np.unique(ids).tolist()) == [0] + [s["id"] for s in annotation["segments_info"]]
+    assert len(annotation["segments_info"]) == len(results) == 2
+    for segment in annotation["segments_info"]:
+        assert int((ids == segment["id"]).sum()) == segment["area"] and segment["category_id"] == 7
+    assert int((semantic == 7).sum()) == sum(s["area"] for s in annotation["segments_info"])
