@@ -4,7 +4,8 @@ On disk a model file is one `torch.save`d dict of tensors and plain data (it loa
 weights_only=True)`):
 
     format_version   2 (a file without it is version 1: these keys less family, operating_point, provenance)
-    family           the model family that `instaseg.models.loading` builds: "mask_rcnn" or "condinst"
+    family           the model family that `instaseg.models.loading` builds: "mask_rcnn", "condinst" or
+                     "promptable"
     config           the family's architecture config as plain data (`MaskRCNNConfig.to_dict()` or
                      `CondInstConfig.to_dict()`)
     model            the state dict
@@ -31,7 +32,7 @@ from instaseg.io.atomic import atomic_write
 from instaseg.models.protocol import OperatingPoint
 
 FORMAT_VERSION = 2
-FAMILIES = ("mask_rcnn", "condinst")
+FAMILIES = ("mask_rcnn", "condinst", "promptable")
 MODEL_FILE_KEYS = (
     "format_version",
     "family",

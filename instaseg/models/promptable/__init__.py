@@ -1,0 +1,30 @@
+"""instaseg's own promptable model: SAM's prompt encoder and mask decoder on the bundled detector's
+EfficientNet-Lite0 FPN features, trained here on the nuclei data (`configs/nuclei_promptable.yaml`).
+
+Files: `config.py` (`PromptableConfig`), `model.py` (`PromptableSam`, `LiteFPNEncoder`, the training
+losses), `prompt_simulation.py` (simulated clicks and boxes, shared with `instaseg.evaluation.interactive`),
+`build.py` (names, construction, weights, model files).
+"""
+
+from instaseg.models.promptable.build import (
+    PROMPTABLE_CONFIGS,
+    build_promptable,
+    load_promptable_encoder_weights,
+    load_promptable_weights,
+    promptable_model_file,
+    resolve_promptable_config,
+)
+from instaseg.models.promptable.config import PromptableConfig
+from instaseg.models.promptable.model import LOSS_KEYS, PromptableSam
+
+__all__ = [
+    "LOSS_KEYS",
+    "PROMPTABLE_CONFIGS",
+    "PromptableConfig",
+    "PromptableSam",
+    "build_promptable",
+    "load_promptable_encoder_weights",
+    "load_promptable_weights",
+    "promptable_model_file",
+    "resolve_promptable_config",
+]

@@ -1,0 +1,119 @@
+"""`PromptableConfig`: the settings of instaseg's own promptable model (a SAM-style prompt encoder and mask
+decoder on a detector's EfficientNet-Lite0 FPN features), as a dataclass that round-trips to plain data."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from instaseg.models.config import ConfigError, _coerce
+
+ENCODERS = ("efficientnet_lite0_fpn",)
+# The FPN level that becomes the image embedding: P3, stride 8 (a 256 input gives a 32x32 grid).
+EMBEDDING_STRIDE = 8
+# The bundled detector's pixel normalisation (TF's efficientnet-lite preprocessing), on a 0..1 scale.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass
+class PromptableConfig:
+    """Settings of `instaseg.models.promptable.PromptableSam`.
+
+    Geometry: an image's long side is resized to `image_size` and the rest zero-padded (as SAM does at 1024);
+    the encoder's FPN level P3 (`encoder_channels` wide, stride 8) goes through a neck to the decoder's 256
+    channels: `image_size` 256 gives a `(1, 256, 32, 32)` embedding and `(B, C, 128, 128)` low-res masks
+    (512 would give SAM's 64x64 grid at 3.6x the training time per step, measured on this 2-core machine).
+    `encoder_trainable_layers`: 0 freezes the whole encoder (its features are computed without gradients);
+    k > 0 trains the FPN and the top k body stages. `num_classes` (training categories + 1) only says which
+    categories the model file lists: the model is class-agnostic, every mask it returns has label 1.
+
+    Training (prompts simulated from the ground truth, `prompt_simulation`): `prompts_per_image` objects per
+    image, each first prompted by a box (probability `box_prompt_probability`, corners jittered by
+    `box_noise` x the side, at most `box_noise_max` input pixels) or one positive point inside it, then
+    `corrective_clicks` more rounds that add a click at the centre of the largest error region and feed the
+    previous low-res logits as mask input. Losses: `focal_weight` x focal + `dice_weight` x Dice on the
+    low-res masks (a single click takes the best of the three multimask outputs), `iou_weight` x MSE of the
+    predicted IoU. Objects smaller than `min_object_pixels` low-res pixels are not prompted.
+    """
+
+    num_classes: int = 2
+    encoder: str = "efficientnet_lite0_fpn"
+    encoder_channels: int = 128
+    encoder_trainable_layers: int = 0
+    frozen_bn_eps: float = 1e-3
+    image_size: int = 256
+    image_mean: tuple[float, ...] = LITE_MEAN
+    image_std: tuple[float, ...] = LITE_STD
+    prompts_per_image: int = 8
+    corrective_clicks: int = 2
+    box_prompt_probability: float = 0.5
+    box_noise: float = 0.1
+    box_noise_max: float = 20.0
+    min_object_pixels: int = 4
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid field."""
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"encoder: {self.encoder!r} is not one of {', '.join(ENCODERS)}")
+        if self.num_classes < 2:
+            raise ConfigError(f"num_classes: {self.num_classes} must be at least 2 (background + one class)")
+        if self.image_size < 64 or self.image_size % (4 * EMBEDDING_STRIDE):
+            raise ConfigError(f"image_size: {self.image_size} must be >= 64 and a multiple of 32")
+        if not 0 <= self.encoder_trainable_layers <= 5:
+            raise ConfigError(f"encoder_trainable_layers: {self.encoder_trainable_layers} must be in 0..5")
+        for name in ("encoder_channels", "prompts_per_image", "min_object_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be a positive integer")
+        if self.corrective_clicks < 0:
+            raise ConfigError(f"corrective_clicks: {self.corrective_clicks} must be >= 0")
+        if not 0.0 <= self.box_prompt_probability <= 1.0:
+            raise ConfigError(f"box_prompt_probability: {self.box_prompt_probability} must be in [0, 1]")
+        for name in (
+            "box_noise",
+            "box_noise_max",
+            "focal_weight",
+            "dice_weight",
+            "iou_weight",
+            "frozen_bn_eps",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be >= 0")
+        for name in ("image_mean", "image_std"):
+            if len(getattr(self, name)) != 3:
+                raise ConfigError(f"{name}: need 3 values (R, G, B), got {getattr(self, name)}")
+
+    @property
+    def embedding_size(self) -> int:
+        """Cells per side of the image embedding (`image_size / 8`)."""
+        return self.image_size // EMBEDDING_STRIDE
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON / YAML types only (tuples become lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> PromptableConfig:
+        """Build from `to_dict`'s output; missing keys take defaults, unknown keys raise `ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        defaults = {item.name: item.default for item in fields(cls)}
+        values = {}
+        for key, value in data.items():
+            if key not in defaults:
+                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {', '.join(defaults)})")
+            values[key] = _coerce(key, value, defaults[key], source)
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None

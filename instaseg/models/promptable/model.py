@@ -1,0 +1,267 @@
+"""`PromptableSam`: SAM's prompt encoder and two-way-transformer mask decoder on EfficientNet-Lite0 FPN
+features, trained by instaseg on its own data (no official SAM weights needed).
+
+It is a `instaseg.models.sam.Sam` (same `PromptEncoder`, `MaskDecoder`, `decode`), so
+`instaseg.inference.promptable.SamPredictor` runs it unchanged: `set_image` resizes the long side to
+`config.image_size` (256) instead of 1024, `preprocess` normalises with the detector's statistics and pads to
+that square, and the encoder returns a `(B, 256, S/8, S/8)` embedding (FPN P3 at stride 8 through a neck);
+the low-res masks are `(B, C, S/2, S/2)` over the padded S frame (stride 2).
+
+In train mode `forward(images, targets)` simulates prompts from the targets' masks
+(`prompt_simulation`) and returns the losses `LOSS_KEYS`; the training engine calls it like any family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from instaseg.models.backbone import BackboneWithFPN
+from instaseg.models.efficientnet_lite import EfficientNetLite
+from instaseg.models.fpn import FeaturePyramidNetwork
+from instaseg.models.norm import norm_layer
+from instaseg.models.promptable.config import PromptableConfig
+from instaseg.models.promptable.prompt_simulation import error_region_click, jittered_boxes, random_points
+from instaseg.models.sam import Sam
+from instaseg.models.sam.common import LayerNorm2d
+from instaseg.models.sam.prompt_encoder import EMBED_DIM, PromptEncoder
+from instaseg.models.sam.transforms import resized_shape
+from instaseg.structures.instances import Instances
+
+LOSS_KEYS = ("loss_mask_focal", "loss_mask_dice", "loss_iou")
+ARCH = "lite0_fpn"
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+# Index of the single-mask output among the decoder's four (1..3 are the multimask outputs).
+SINGLE_OUTPUT = slice(0, 1)
+MULTI_OUTPUTS = slice(1, 4)
+
+
+class LiteFPNEncoder(nn.Module):
+    """Normalised, padded `(B, 3, S, S)` -> `(B, 256, S/8, S/8)`: EfficientNet-Lite0, FPN down to P3 (the
+    bundled detector's `backbone.*` layout, so its weights load as they are), then SAM's neck (1x1 conv,
+    LayerNorm, 3x3 conv, LayerNorm). A frozen encoder (`trainable_layers` 0) runs without gradients."""
+
+    def __init__(self, config: PromptableConfig) -> None:
+        super().__init__()
+        body = EfficientNetLite(norm_layer("frozen_bn", config.frozen_bn_eps))
+        fpn = FeaturePyramidNetwork(body.out_channels, config.encoder_channels)
+        self.backbone = BackboneWithFPN(body, fpn, config.encoder_trainable_layers)
+        self.frozen = config.encoder_trainable_layers == 0
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+        self.neck = nn.Sequential(
+            nn.Conv2d(config.encoder_channels, EMBED_DIM, kernel_size=1, bias=False),
+            LayerNorm2d(EMBED_DIM),
+            nn.Conv2d(EMBED_DIM, EMBED_DIM, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(EMBED_DIM),
+        )
+
+    def train(self, mode: bool = True) -> LiteFPNEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: Tensor) -> Tensor:
+        """P3 `(B, C, S/8, S/8)`: the FPN's top-down path stops there (P2 is never computed)."""
+        c2_to_c5 = self.backbone.body(images)
+        fpn = self.backbone.fpn
+        inner = fpn.inner_blocks[-1](c2_to_c5[-1])
+        for index in range(len(c2_to_c5) - 2, 0, -1):
+            lateral = fpn.inner_blocks[index](c2_to_c5[index])
+            inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+        return fpn.layer_blocks[1](inner)
+
+    def forward(self, images: Tensor) -> Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            features = self.features(images)
+        return self.neck(features)
+
+
+class PromptableSam(Sam):
+    """SAM's prompt side on `LiteFPNEncoder`; see the module docstring. `categories` (the one trained
+    category) and `operating_point` are set by the loader, as for every family."""
+
+    def __init__(self, config: PromptableConfig) -> None:
+        super().__init__(LiteFPNEncoder(config), ARCH)
+        self.config = config
+        size = config.embedding_size
+        self.prompt_encoder = PromptEncoder((size, size), (config.image_size, config.image_size))
+        # Sam's buffers hold SAM's statistics; this encoder was trained with the detector's (0..255 scale).
+        mean = torch.tensor(config.image_mean).view(-1, 1, 1) * 255
+        std = torch.tensor(config.image_std).view(-1, 1, 1) * 255
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        self.categories: list[dict] | None = None
+        self.operating_point: Any = None
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def preprocess(self, image: Tensor) -> Tensor:
+        """Resized image `(B, 3, h, w)` in [0, 255], long side `image_size` -> normalised, zero-padded
+        `(B, 3, image_size, image_size)`."""
+        x = (image - self.pixel_mean) / self.pixel_std
+        height, width = x.shape[-2:]
+        return F.pad(x, (0, self.image_size - width, 0, self.image_size - height))
+
+    def summary(self) -> dict[str, Any]:
+        """Architecture facts for listings."""
+        return {"family": "promptable", "arch": ARCH, **self.config.to_dict()}
+
+    def forward(self, images: list[Tensor], targets: list[Instances]) -> dict[str, Tensor]:
+        """Training losses (`LOSS_KEYS`) for images `(3, H, W)` in [0, 1] and their targets' masks; the
+        prompts are drawn from torch's generator (the trainer seeds it per micro-batch)."""
+        if not self.training:
+            raise RuntimeError("PromptableSam.forward computes training losses; use SamPredictor to predict")
+        rounds = [losses for image in self._rounds_per_image(images, targets) for losses, _ in image]
+        totals = torch.stack(rounds).mean(dim=0) if rounds else None
+        # Every parameter joins the graph (with zero gradient where a step used no box or no mask input),
+        # so DistributedDataParallel finds no unused parameters on any rank.
+        anchor = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        return {key: anchor if totals is None else totals[i] + anchor for i, key in enumerate(LOSS_KEYS)}
+
+    @torch.no_grad()
+    def prompt_ious(self, images: list[Tensor], targets: list[Instances]) -> Tensor:
+        """Validation during training: the IoU on the low-res grid of each prompted object after each round
+        of the training simulation -> `(rounds, objects)` (round 0: the first point or box)."""
+        columns = [
+            torch.stack([ious for _, ious in rounds])
+            for rounds in self._rounds_per_image(images, targets)
+            if rounds
+        ]
+        if not columns:
+            return torch.zeros(1 + self.config.corrective_clicks, 0)
+        return torch.cat(columns, dim=1)
+
+    def _rounds_per_image(
+        self, images: list[Tensor], targets: list[Instances]
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """For each image, each round's `(losses (3,), per-object IoU (K,))`."""
+        prepared = [self._prepare(image, target) for image, target in zip(images, targets, strict=True)]
+        embeddings = self.image_encoder(torch.stack([inputs for inputs, _ in prepared]))
+        return [
+            self._simulate(embedding[None], truth)
+            for embedding, (_, truth) in zip(embeddings, prepared, strict=True)
+        ]
+
+    def _prepare(self, image: Tensor, target: Instances) -> tuple[Tensor, Tensor]:
+        """The normalised padded input `(3, S, S)` and the targets' masks on the low-res grid `(N, S/2, S/2)`
+        bool (a low-res pixel belongs to an object when most of its 2x2 input pixels do)."""
+        height, width = image.shape[-2:]
+        new_h, new_w = resized_shape(height, width, self.image_size)
+        resized = F.interpolate(image[None] * 255, (new_h, new_w), mode="bilinear", antialias=True)
+        bitmaps = target.masks.bitmaps().to(image.device).float()
+        if len(bitmaps) == 0:
+            low_res = torch.zeros(0, self.image_size // 2, self.image_size // 2, dtype=torch.bool)
+            return self.preprocess(resized)[0], low_res.to(image.device)
+        masks = F.interpolate(bitmaps[None], (new_h, new_w), mode="bilinear")[0]
+        masks = F.pad(masks, (0, self.image_size - new_w, 0, self.image_size - new_h))
+        return self.preprocess(resized)[0], F.avg_pool2d(masks[None], 2)[0] > 0.5
+
+    def _decode_all(
+        self,
+        embedding: Tensor,
+        points: tuple[Tensor, Tensor] | None,
+        boxes: Tensor | None,
+        mask_input: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """All four outputs: low-res logits `(K, 4, S/2, S/2)` and predicted IoU `(K, 4)`."""
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        return self.mask_decoder.predict_all(embedding, self.prompt_encoder.dense_pe(), sparse, dense)
+
+    def _simulate(self, embedding: Tensor, truth: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each prompting round's losses and per-object IoU for up to `prompts_per_image` objects of one
+        image (none when it has no object of `min_object_pixels`)."""
+        config = self.config
+        large = torch.nonzero(truth.flatten(1).sum(dim=1) >= config.min_object_pixels).squeeze(1)
+        if len(large) == 0:
+            return []
+        chosen = large[torch.randperm(len(large), device=large.device)[: config.prompts_per_image]]
+        truth = truth[chosen]
+        scale = self.image_size / truth.shape[-1]  # low-res pixel -> input pixel
+        use_box = bool(torch.rand(()) < config.box_prompt_probability)
+        boxes = None
+        if use_box:
+            boxes = jittered_boxes(truth, config.box_noise, config.box_noise_max / scale) * scale
+            coords = torch.zeros(len(truth), 0, 2, device=truth.device)
+        else:
+            coords = random_points(truth)[:, None] * scale
+        labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=truth.device)
+        points = (coords, labels) if coords.shape[1] else None
+        logits, iou = self._decode_all(embedding, points, boxes, None)
+        selected = SINGLE_OUTPUT if use_box else MULTI_OUTPUTS
+        losses, ious, previous = mask_losses(logits[:, selected], iou[:, selected], truth, config)
+        rounds = [(losses, ious)]
+        for _ in range(config.corrective_clicks):
+            click_xy, click_labels = corrective_clicks(previous[:, 0] > 0, truth)
+            coords = torch.cat([coords, click_xy[:, None] * scale], dim=1)
+            labels = torch.cat([labels, click_labels[:, None]], dim=1)
+            logits, iou = self._decode_all(embedding, (coords, labels), boxes, previous)
+            losses, ious, previous = mask_losses(
+                logits[:, SINGLE_OUTPUT], iou[:, SINGLE_OUTPUT], truth, config
+            )
+            rounds.append((losses, ious))
+        return rounds
+
+
+def corrective_clicks(predictions: Tensor, truths: Tensor) -> tuple[Tensor, Tensor]:
+    """`error_region_click` for each of `(K, H, W)` bool predictions -> `(K, 2)` float x, y and `(K,)` labels;
+    a prediction that is already exact gets a positive click at its object's centre."""
+    coords, labels = [], []
+    for prediction, truth in zip(predictions.cpu().numpy(), truths.cpu().numpy(), strict=True):
+        click = error_region_click(prediction, truth) or error_region_click(np.zeros_like(truth), truth)
+        coords.append((click.x, click.y))
+        labels.append(int(click.positive))
+    device = predictions.device
+    return torch.tensor(coords, dtype=torch.float32, device=device), torch.tensor(labels, device=device)
+
+
+def mask_losses(
+    logits: Tensor, predicted_iou: Tensor, truth: Tensor, config: PromptableConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Losses of one round: logits `(K, C, h, w)`, predicted_iou `(K, C)`, truth `(K, h, w)` bool.
+
+    Each prompt's mask loss is that of its best output (SAM's rule for ambiguous prompts: only the closest of
+    the C masks learns); the IoU head learns every output's actual IoU. Returns the `(3,)` weighted losses
+    (focal, Dice, IoU), the best output's IoU `(K,)` and its logits `(K, 1, h, w)`, detached, for the next
+    round.
+    """
+    logits = logits.float()
+    target = truth[:, None].float().expand_as(logits)
+    # Per-mask reductions (the min over outputs needs them), which condinst.losses' summed forms do not give.
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    probs = logits.sigmoid()
+    p_t = probs * target + (1 - probs) * (1 - target)
+    alpha_t = FOCAL_ALPHA * target + (1 - FOCAL_ALPHA) * (1 - target)
+    focal = (alpha_t * bce * (1 - p_t) ** FOCAL_GAMMA).mean(dim=(2, 3))
+    dice = 1 - (2 * (probs * target).sum(dim=(2, 3)) + 1) / (
+        probs.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1
+    )
+    combined = config.focal_weight * focal + config.dice_weight * dice
+    best = combined.argmin(dim=1)
+    rows = torch.arange(len(best), device=best.device)
+    with torch.no_grad():
+        binary = logits > 0
+        intersection = (binary & truth[:, None]).sum(dim=(2, 3)).float()
+        union = (binary | truth[:, None]).sum(dim=(2, 3)).float()
+        actual_iou = intersection / union.clamp(min=1)
+    iou_loss = F.mse_loss(predicted_iou.float(), actual_iou)
+    losses = torch.stack(
+        [
+            config.focal_weight * focal[rows, best].mean(),
+            config.dice_weight * dice[rows, best].mean(),
+            config.iou_weight * iou_loss,
+        ]
+    )
+    return losses, actual_iou[rows, best], logits[rows, best][:, None].detach()

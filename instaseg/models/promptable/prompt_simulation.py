@@ -1,0 +1,80 @@
+"""Prompts simulated from ground-truth masks, as SAM trains and as interactive segmentation is scored.
+
+`error_region_click(prediction, truth)`: the click a user makes to correct a mask, at the centre of the
+largest error region: the pixel farthest from the boundary of the false-negative or false-positive area
+(whichever reaches farther), positive on a missed pixel, negative on a wrong one. With an empty prediction it
+is the first click, at the object's centre. Training (`first_prompts`) starts from a random point inside each
+object or its jittered box instead, so the model sees clicks anywhere. Coordinates: x (column), y (row) of the
+clicked pixel; SAM's prompt encoder moves them to the pixel centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Click:
+    """A simulated click at pixel (x, y); `positive`: on a missed object pixel (label 1), else label 0."""
+
+    x: int
+    y: int
+    positive: bool
+
+
+def _inner_distance(region: np.ndarray) -> np.ndarray:
+    """Distance of each pixel of a `(H, W)` bool region to the nearest pixel outside it; the image border
+    counts as outside, so a region cut by the border has its centre inside the image."""
+    padded = np.pad(region.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+
+def error_region_click(prediction: np.ndarray, truth: np.ndarray) -> Click | None:
+    """The corrective click for a `(H, W)` bool `prediction` of the `(H, W)` bool `truth` mask, or None when
+    they are equal. Ties go to the false negatives, then to the first pixel in row-major order."""
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction has shape {prediction.shape}, truth {truth.shape}")
+    missed = _inner_distance(truth & ~prediction)
+    wrong = _inner_distance(prediction & ~truth)
+    best_missed, best_wrong = float(missed.max()), float(wrong.max())
+    if best_missed == 0 and best_wrong == 0:
+        return None
+    positive = best_missed >= best_wrong
+    y, x = np.unravel_index(int(np.argmax(missed if positive else wrong)), truth.shape)
+    return Click(int(x), int(y), positive)
+
+
+def random_points(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One uniformly drawn pixel of each `(K, H, W)` bool mask (none empty) -> `(K, 2)` float x, y."""
+    weights = masks.flatten(1).float()
+    index = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    width = masks.shape[-1]
+    return torch.stack([index % width, index // width], dim=1).float()
+
+
+def jittered_boxes(
+    masks: torch.Tensor, noise: float, max_noise: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Tight boxes of `(K, H, W)` bool masks (none empty), each coordinate moved by Gaussian noise of
+    std `noise` x the box side, at most `max_noise` pixels, clipped to the frame -> `(K, 4)` x1y1x2y2."""
+    height, width = masks.shape[-2:]
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    row_index = torch.arange(height, device=masks.device)
+    col_index = torch.arange(width, device=masks.device)
+    y1 = torch.where(rows, row_index, height).amin(dim=1)
+    y2 = torch.where(rows, row_index, -1).amax(dim=1) + 1
+    x1 = torch.where(cols, col_index, width).amin(dim=1)
+    x2 = torch.where(cols, col_index, -1).amax(dim=1) + 1
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    jitter = torch.randn(boxes.shape, generator=generator, device=masks.device) * noise * sides
+    boxes = boxes + jitter.clamp(-max_noise, max_noise)
+    limits = boxes.new_tensor([width, height, width, height])
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
+    # Noise may cross the corners; keep x1 <= x2 and y1 <= y2.
+    low, high = torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])
+    return torch.cat([low, high], dim=1)
