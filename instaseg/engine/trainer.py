@@ -49,6 +49,8 @@ from instaseg.engine.ema import ModelEMA
 from instaseg.engine.evaluator import Evaluator
 from instaseg.engine.metrics_log import MetricsLog
 from instaseg.engine.optim import build_optimizer
+from instaseg.engine.promptable_validation import BEST_METRIC as PROMPTABLE_BEST_METRIC
+from instaseg.engine.promptable_validation import PromptValidator
 from instaseg.engine.run_dir import prepare_run_dir
 from instaseg.engine.sampler import TrainingBatchSampler, derive_seed
 from instaseg.engine.schedule import WarmupSchedule
@@ -64,6 +66,14 @@ from instaseg.models.condinst.model import CondInst
 from instaseg.models.config import MaskRCNNConfig
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.model_file import ModelFile
+from instaseg.models.promptable import LOSS_KEYS as PROMPTABLE_LOSS_KEYS
+from instaseg.models.promptable import (
+    PromptableConfig,
+    PromptableSam,
+    build_promptable,
+    load_promptable_encoder_weights,
+    promptable_model_file,
+)
 
 # The losses Mask R-CNN's training forward returns, in logging order (CondInst's: CONDINST_LOSS_KEYS).
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -322,10 +332,11 @@ class Trainer:
             return
         metrics = self.evaluator.score(results)
         self.last_eval = metrics
-        mask_ap = metrics["segm_AP"]
-        improved = self.best is None or mask_ap > self.best
+        best_metric = PROMPTABLE_BEST_METRIC if isinstance(evaluated, PromptableSam) else "segm_AP"
+        score = metrics[best_metric]
+        improved = self.best is None or score > self.best
         if improved:
-            self.best = mask_ap
+            self.best = score
             save_model_file(self.files.best, model_file_of(evaluated, self._provenance(metrics)))
         self.metrics.append(
             {"kind": "eval", "iteration": self.iteration, "time": time.time(), **metrics, "best": improved}
@@ -375,7 +386,7 @@ class Trainer:
         self.best = state["best"]
         restore_rng_state(state["rng"])
 
-    def _evaluator(self) -> Evaluator:
+    def _evaluator(self) -> Evaluator | PromptValidator:
         val_set = read_dataset(self.config.data.val, "val", report=self.context.is_main)
         val_ids = sorted(c.id for c in val_set.categories)
         if val_ids != sorted(self.categories.category_ids):
@@ -383,29 +394,40 @@ class Trainer:
                 f"the validation set's category ids {val_ids} differ from the training set's "
                 f"{sorted(self.categories.category_ids)}"
             )
+        if isinstance(self.model, PromptableSam):
+            return PromptValidator(val_set, self.categories, self.config.train.seed, self.context)
         ground_truth_path = Path(self.config.output_dir) / "val_ground_truth.json"
         return Evaluator(
             val_set, self.categories, ground_truth_path, self.config.train.eval_max_detections, self.context
         )
 
 
-def build_for(model_config: MaskRCNNConfig | CondInstConfig, weights: str | None) -> torch.nn.Module:
+def build_for(
+    model_config: MaskRCNNConfig | CondInstConfig | PromptableConfig, weights: str | None
+) -> torch.nn.Module:
     """The model `model_config` describes (its family's constructor), with initial `weights` if given."""
+    if isinstance(model_config, PromptableConfig):
+        return build_promptable(model_config, weights=weights)
     if isinstance(model_config, CondInstConfig):
         return build_condinst(model_config, weights=weights)
     return build(model_config, weights=weights)
 
 
-def loss_keys_for(model_config: MaskRCNNConfig | CondInstConfig) -> tuple[str, ...]:
+def loss_keys_for(model_config: MaskRCNNConfig | CondInstConfig | PromptableConfig) -> tuple[str, ...]:
     """The loss names the family's training forward returns, in logging order."""
+    if isinstance(model_config, PromptableConfig):
+        return PROMPTABLE_LOSS_KEYS
     if isinstance(model_config, CondInstConfig):
         return CONDINST_LOSS_KEYS
     return LOSS_KEYS + (("loss_sem_seg",) if model_config.num_stuff_classes else ())
 
 
 def load_backbone_weights_for(model: torch.nn.Module, source: str) -> None:
-    """Start the model's backbone body from ImageNet weights (`model.backbone_weights`)."""
-    if isinstance(model, CondInst):
+    """Start the model's backbone body from ImageNet weights (`model.backbone_weights`); a promptable model's
+    encoder from a trained Mask R-CNN's EfficientNet-Lite0 FPN."""
+    if isinstance(model, PromptableSam):
+        load_promptable_encoder_weights(model, source)
+    elif isinstance(model, CondInst):
         load_condinst_backbone_weights(model, source)
     else:
         load_backbone_weights(model, source)
@@ -413,6 +435,8 @@ def load_backbone_weights_for(model: torch.nn.Module, source: str) -> None:
 
 def model_file_of(model: torch.nn.Module, provenance: dict[str, Any]) -> ModelFile:
     """The `ModelFile` of a model the trainer built (best.pt, last.pt)."""
+    if isinstance(model, PromptableSam):
+        return promptable_model_file(model, provenance)
     if isinstance(model, CondInst):
         return condinst_model_file(model, provenance)
     if isinstance(model, MaskRCNN):
