@@ -26,6 +26,7 @@ from instaseg.models.config import MaskRCNNConfig
 from instaseg.models.default_model import default_model_path
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.model_file import ModelFile, WeightsError, read_weights
+from instaseg.models.promptable import PromptableConfig, build_promptable
 from instaseg.models.protocol import SegmentationModel
 
 ModelSource = SegmentationModel | str | Path | None
@@ -74,6 +75,9 @@ def model_from_file(model_file: ModelFile, source: str = "model file") -> Segmen
     elif model_file.family == "condinst":
         model = build_condinst(CondInstConfig.from_dict(model_file.config, source=f"{source} (config)"))
         load_condinst_weights(model, model_file.state_dict, source)
+    elif model_file.family == "promptable":  # a PromptableSam, for SamPredictor (it has no `detect`)
+        model = build_promptable(PromptableConfig.from_dict(model_file.config, source=f"{source} (config)"))
+        load_weights(model, model_file.state_dict, source)
     else:  # ModelFile refuses unknown families; a new family adds its branch here
         raise WeightsError(f"{source}: no constructor for model family {model_file.family!r}")
     model.categories = model_file.categories
