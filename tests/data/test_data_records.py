@@ -22,6 +22,7 @@ from instaseg.data.records import (
     rle_problem,
     segmentation_to_rle,
 )
+from instaseg.structures import masks as masks_module
 from instaseg.structures.masks import decode_rle, encode_rle, rle_runs
 
 
@@ -161,3 +162,13 @@ def test_instances_per_category_counts_every_category() -> None:
     dataset = Dataset(images, [CategoryRecord(1, "cat"), CategoryRecord(2, "dog")], root=Path("."))
     assert dataset.instances_per_category() == {"cat": 0, "dog": 2}
     assert dataset.num_annotations == 2
+
+
+def test_runs_decoded_in_batches_equal_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = np.random.default_rng(2)
+    bitmaps = generator.random((25, 9, 7)) < generator.random((25, 1, 1))
+    counts = [rle["counts"] for rle in encode_rle(bitmaps)] + ["!!", "52000"]
+    whole = rle_runs(counts)
+    monkeypatch.setattr(masks_module, "RLE_BATCH", 4)
+    for batched, expected in zip(rle_runs(counts), whole, strict=True):
+        assert np.array_equal(batched, expected)
