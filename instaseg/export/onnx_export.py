@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instaseg import __version__
+from instaseg.export.condinst_export import export_condinst_onnx
 from instaseg.io.atomic import atomic_write
 from instaseg.io.files import file_sha256
+from instaseg.models.condinst.model import CondInst
 from instaseg.models.default_model import default_model_path
 from instaseg.models.loading import load_model
 from instaseg.models.mask_head import SubpixelMaskPredictor
@@ -129,6 +131,19 @@ def export_onnx(
     """
     onnx = require_onnx()
     check_opset(opset)
+    if isinstance(model, CondInst):
+        return export_condinst_onnx(
+            model,
+            path,
+            opset=opset,
+            translation_table=_translation_table(),
+            dynamic=dynamic,
+            input_size=input_size,
+            fold_batchnorm=fold_batchnorm,
+            categories=categories,
+            source=source,
+            source_sha256=source_sha256,
+        )
     if not isinstance(model, MaskRCNN):
         raise ExportError(f"only instaseg MaskRCNN models can be exported, got {type(model).__name__}")
     if model.semantic_head is not None:
@@ -212,8 +227,8 @@ def export_model(source: str | Path | None, path: str | Path, **options: Any) ->
             f"cannot export {source}: its weights do not match its config: {' '.join(str(error).split())}"
         ) from None
     digest = file_sha256(Path(source)) if Path(source).is_file() else None
-    if not isinstance(model, MaskRCNN):
-        raise ExportError(f"cannot export {source}: only Mask R-CNN models export to ONNX")
+    if not isinstance(model, (MaskRCNN, CondInst)):
+        raise ExportError(f"cannot export {source}: only Mask R-CNN and CondInst models export to ONNX")
     return export_onnx(model, path, source=str(source), source_sha256=digest, **options)
 
 

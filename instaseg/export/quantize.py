@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from instaseg.export import condinst_export
 from instaseg.io.atomic import atomic_write
 from instaseg.io.images import images_in_folder, load_image, to_tensor
+from instaseg.models.onnx_condinst import condinst_transform_for
 from instaseg.models.onnx_metadata import (
     INPUT_NAMES,
     ExportError,
@@ -50,7 +52,8 @@ class ImageCalibrationReader:
     pre-processed with the exported model's own resize and normalisation, or None after the last image."""
 
     def __init__(self, images: Sequence[str | Path], metadata: ExportMetadata) -> None:
-        self.transform = transform_for(metadata)
+        condinst = metadata.extra.get("family") == condinst_export.FAMILY
+        self.transform = condinst_transform_for(metadata) if condinst else transform_for(metadata)
         self.images = [Path(image) for image in images]
         self._next = 0
 
@@ -121,10 +124,12 @@ def quantize_onnx(
             if not calibration:
                 raise ExportError("static quantization needs calibration images (--calibration FOLDER)")
             graph = onnx.load(str(model_path), load_external_data=False).graph
+            condinst = metadata.extra.get("family") == condinst_export.FAMILY
+            float_weights = condinst_export.STATIC_FLOAT_WEIGHTS if condinst else STATIC_FLOAT_WEIGHTS
             kept_float = [
                 node.name
                 for node in graph.node
-                if node.op_type in QUANTIZED_OPS and node.input[1].startswith(STATIC_FLOAT_WEIGHTS)
+                if node.op_type in QUANTIZED_OPS and node.input[1].startswith(float_weights)
             ]
             quantize_static(
                 model_path,

@@ -6,7 +6,7 @@ Sources, tried in this order:
 - a name of `MODEL_CONFIGS` (Mask R-CNN) or of `CONDINST_CONFIGS` (CondInst), or a Mask R-CNN model-config
   file (`.yaml` / `.yml` / `.json`): random weights, for tests,
   timing and training starts;
-- an `.onnx` file written by `instaseg export`: run on ONNX Runtime (`OnnxMaskRCNN`);
+- an `.onnx` file written by `instaseg export`: run on ONNX Runtime (`OnnxMaskRCNN`, `OnnxCondInst`);
 - a model file (`instaseg.models.model_file`, training checkpoints included; old version-1 files too);
 - a torchvision-layout Mask R-CNN state dict (torchvision's published COCO weights): COCO's categories when
   it has COCO's 91 classes.
@@ -54,10 +54,12 @@ def load_model(source: ModelSource = None) -> SegmentationModel:
             f"({', '.join([*MODEL_CONFIGS, *CONDINST_CONFIGS])})"
         )
     if path.suffix == ".onnx":
-        from instaseg.models.onnx_runtime import (
-            OnnxMaskRCNN,  # onnxruntime only when an ONNX file is asked for
-        )
+        # onnxruntime only when an ONNX file is asked for
+        from instaseg.models.onnx_condinst import OnnxCondInst, onnx_family
+        from instaseg.models.onnx_runtime import OnnxMaskRCNN
 
+        if onnx_family(path) == "condinst":
+            return OnnxCondInst(path)
         return OnnxMaskRCNN(path)
     data = read_weights(path)
     if "config" in data:
