@@ -198,8 +198,9 @@ def amg_rows(model, image: np.ndarray, grid: int, iou: float, stability: float) 
                 lambda g=generator, m=mode: results.__setitem__(m, g.generate(image)), 1, 0
             )
         rows.append((f"automatic masks, {mode}, {grid}x{grid} grid ({len(results[mode])} masks)", seconds))
-    exact = decode_rle(results["exact"].masks.rles(), image.shape[:2]).reshape(len(results["exact"]), -1)
-    fast = decode_rle(results["fast"].masks.rles(), image.shape[:2]).reshape(len(results["fast"]), -1)
+    pixels = image.shape[0] * image.shape[1]
+    exact = decode_rle(results["exact"].masks.rles(), image.shape[:2]).reshape(len(results["exact"]), pixels)
+    fast = decode_rle(results["fast"].masks.rles(), image.shape[:2]).reshape(len(results["fast"]), pixels)
     recovered = 0
     if len(exact) and len(fast):
         inter = exact.astype(np.float32) @ fast.astype(np.float32).T
