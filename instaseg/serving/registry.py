@@ -169,6 +169,10 @@ class ModelRegistry:
 
     def __init__(self, root: str | Path, create: bool = True) -> None:
         scheme = url_scheme(root)
+        if scheme in POSTGRES_SCHEMES:
+            raise RegistryError(
+                f"{root} is a PostgreSQL registry: open it with open_registry, not as a folder"
+            )
         if scheme is not None:
             raise RegistryError(
                 f"model registry {str(root)!r}: unsupported URL scheme {scheme!r}; a registry is a folder "
@@ -189,9 +193,8 @@ class ModelRegistry:
     def _initialise(self) -> None:
         """Create the tables of a new registry; check the schema version of an existing one."""
         schema = self._schema_version()
-        if (
-            schema is None
-        ):  # a new registry (an existing one is only read here: replicas may mount it read-only)
+        # Only a new registry is written here (an existing one is only read: replicas may mount it read-only).
+        if schema is None:
             with self._transaction() as db:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
