@@ -148,26 +148,36 @@ class PromptableSam(Sam):
         self, images: list[Tensor], targets: list[Instances]
     ) -> list[list[tuple[Tensor, Tensor]]]:
         """For each image, each round's `(losses (3,), per-object IoU (K,))`."""
-        prepared = [self._prepare(image, target) for image, target in zip(images, targets, strict=True)]
-        embeddings = self.image_encoder(torch.stack([inputs for inputs, _ in prepared]))
+        embeddings = self.image_encoder(torch.stack([self._prepare(image) for image in images]))
         return [
-            self._simulate(embedding[None], truth)
-            for embedding, (_, truth) in zip(embeddings, prepared, strict=True)
+            self._simulate(embedding[None], self._truths(target, image.shape[-2:]))
+            for embedding, image, target in zip(embeddings, images, targets, strict=True)
         ]
 
-    def _prepare(self, image: Tensor, target: Instances) -> tuple[Tensor, Tensor]:
-        """The normalised padded input `(3, S, S)` and the targets' masks on the low-res grid `(N, S/2, S/2)`
-        bool (a low-res pixel belongs to an object when most of its 2x2 input pixels do)."""
-        height, width = image.shape[-2:]
-        new_h, new_w = resized_shape(height, width, self.image_size)
+    def _prepare(self, image: Tensor) -> Tensor:
+        """`(3, H, W)` in [0, 1] -> the normalised padded input `(3, S, S)` (long side resized to S)."""
+        new_h, new_w = resized_shape(image.shape[-2], image.shape[-1], self.image_size)
         resized = F.interpolate(image[None] * 255, (new_h, new_w), mode="bilinear", antialias=True)
-        bitmaps = target.masks.bitmaps().to(image.device).float()
-        if len(bitmaps) == 0:
-            low_res = torch.zeros(0, self.image_size // 2, self.image_size // 2, dtype=torch.bool)
-            return self.preprocess(resized)[0], low_res.to(image.device)
+        return self.preprocess(resized)[0]
+
+    def _truths(self, target: Instances, size: tuple[int, int]) -> Tensor:
+        """Up to `prompts_per_image` random objects of `target` whose low-res area should reach
+        `min_object_pixels`, on the low-res grid `(K, S/2, S/2)` bool (a low-res pixel belongs to an object
+        when most of its 2x2 input pixels do). Only the chosen masks are resized: dense images have hundreds
+        of objects, and resizing them all cost more than the decoder."""
+        config = self.config
+        new_h, new_w = resized_shape(size[0], size[1], self.image_size)
+        low_res_area = target.masks.area().float() * (new_h * new_w) / (4 * size[0] * size[1])
+        large = torch.nonzero(low_res_area >= config.min_object_pixels).squeeze(1)
+        chosen = large[torch.randperm(len(large))[: config.prompts_per_image]]
+        device = self.pixel_mean.device
+        if len(chosen) == 0:
+            return torch.zeros(0, self.image_size // 2, self.image_size // 2, dtype=torch.bool, device=device)
+        bitmaps = target.masks[chosen].bitmaps().to(device).float()
         masks = F.interpolate(bitmaps[None], (new_h, new_w), mode="bilinear")[0]
         masks = F.pad(masks, (0, self.image_size - new_w, 0, self.image_size - new_h))
-        return self.preprocess(resized)[0], F.avg_pool2d(masks[None], 2)[0] > 0.5
+        truths = F.avg_pool2d(masks[None], 2)[0] > 0.5
+        return truths[truths.flatten(1).any(dim=1)]
 
     def _decode_all(
         self,
@@ -181,14 +191,11 @@ class PromptableSam(Sam):
         return self.mask_decoder.predict_all(embedding, self.prompt_encoder.dense_pe(), sparse, dense)
 
     def _simulate(self, embedding: Tensor, truth: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Each prompting round's losses and per-object IoU for up to `prompts_per_image` objects of one
-        image (none when it has no object of `min_object_pixels`)."""
+        """Each prompting round's losses and per-object IoU for the `(K, S/2, S/2)` low-res masks `truth` of
+        one image (none when K = 0)."""
         config = self.config
-        large = torch.nonzero(truth.flatten(1).sum(dim=1) >= config.min_object_pixels).squeeze(1)
-        if len(large) == 0:
+        if len(truth) == 0:
             return []
-        chosen = large[torch.randperm(len(large), device=large.device)[: config.prompts_per_image]]
-        truth = truth[chosen]
         scale = self.image_size / truth.shape[-1]  # low-res pixel -> input pixel
         use_box = bool(torch.rand(()) < config.box_prompt_probability)
         boxes = None
