@@ -166,3 +166,31 @@ def test_box_prompts_use_tight_boxes():
 
     ious = box_prompt_ious(ScriptedSegmenter(disc, fill_box), disc)
     np.testing.assert_allclose(ious, [disc.sum() / 169])
+
+
+def test_eval_prompts_command_scores_a_promptable_model_file(tmp_path, capsys):
+    import json
+
+    from instaseg.cli.main import main
+    from instaseg.data.synthetic import make_synthetic_dataset
+    from instaseg.models.promptable import PromptableConfig, build_promptable, promptable_model_file
+
+    gt = make_synthetic_dataset(tmp_path / "data", 2, size_range=(48, 64), max_instances=2, seed=4)
+    annotations = [a for a in json.loads(gt.read_text())["annotations"] if not a.get("iscrowd")]
+    torch.manual_seed(0)
+    model = build_promptable(PromptableConfig(image_size=64))
+    promptable_model_file(model, {}).save(tmp_path / "promptable.pt")
+    out = tmp_path / "metrics.json"
+    args = ["eval-prompts", "--gt", str(gt), "--model", str(tmp_path / "promptable.pt"), "--out", str(out)]
+    assert main([*args, "--max-clicks", "3", "--threads", "1"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["objects"] == len(annotations) and metrics["images"] == 2 and metrics["max_clicks"] == 3
+    for key in ("mIoU@1", "mIoU@3", "box_mIoU"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert 1.0 <= metrics["NoC@85"] <= 3.0 and "mIoU@5" not in metrics
+    assert f"{metrics['images']} images, {len(annotations)} objects" in capsys.readouterr().out
+
+    assert main([*args, "--max-clicks", "0"]) == 2
+    assert "--max-clicks must be >= 1" in capsys.readouterr().err
+    assert main(["eval-prompts", "--gt", str(gt), "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
