@@ -14,6 +14,7 @@ from instaseg import __version__
 from instaseg.cli import (
     convert,
     demo,
+    eval_prompts,
     evaluate,
     export,
     models,
@@ -27,7 +28,21 @@ from instaseg.cli import (
 )
 
 # Each module defines `add_parser(subparsers)`; the parser it adds sets `func(args) -> int` (the exit code).
-COMMANDS = [predict, demo, convert, split, evaluate, train, plot_metrics, serve, models, slo, export, rank]
+COMMANDS = [
+    predict,
+    demo,
+    convert,
+    split,
+    evaluate,
+    eval_prompts,
+    train,
+    plot_metrics,
+    serve,
+    models,
+    slo,
+    export,
+    rank,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
