@@ -16,7 +16,7 @@ from instaseg.models.promptable import PromptableSam
 # The metric that picks best.pt for this family: the mean IoU over all prompting rounds.
 BEST_METRIC = "prompt_iou"
 # Validation images scored each time (the first ones of the set): a few minutes on 2 cores at most.
-MAX_IMAGES = 24
+MAX_IMAGES = 12
 
 
 class PromptValidator:
