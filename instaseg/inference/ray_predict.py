@@ -376,10 +376,14 @@ def _run(
                 max_task_retries=1,
             )
         seen: set[str] = set()
-        for batch in predicted.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                seen.add(row["path"])
-                yield row
+        try:
+            for batch in predicted.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    seen.add(row["path"])
+                    yield row
+        except ray_module.exceptions.RayError as exc:  # e.g. no actor could load the model: not per image
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise RayClusterError(f"the Ray job failed after {len(seen)} images: {reason}") from exc
     finally:
         context.max_errored_blocks, context.enable_progress_bars = previous
     for path in paths:

@@ -257,3 +257,11 @@ def test_bad_arguments_and_unreachable_clusters(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0  # one line, exit 2
     assert "cannot connect to the Ray cluster at 127.0.0.1:9" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_model_no_actor_can_load_fails_the_job_with_one_clear_error(
+    ray_cluster: None, images: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(RayClusterError, match="the Ray job failed after 0 images: .*missing.pt"):
+        predict_with_ray([images / "small.png"], tmp_path / "out", str(tmp_path / "missing.pt"))
