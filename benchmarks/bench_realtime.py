@@ -39,15 +39,18 @@ from instaseg.models.default_model import default_model_path
 from instaseg.models.onnx_runtime import OnnxMaskRCNN
 
 CALIBRATION_IMAGES = 16
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent (this large process) into the
+# child, so every probe would report at least the parent's size.
 MEMORY_PROBE = """
-import resource, sys, torch
+import re, sys, torch
 torch.set_num_threads(int(sys.argv[2]))
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 predictor = Predictor(sys.argv[1], postprocess=PostprocessOptions(score_threshold=0.05))
 for path in sys.argv[3:]:
     predictor.predict(path)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read()
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) / 1024)
 """
 
 
