@@ -20,9 +20,9 @@ import time
 import numpy as np
 import torch
 
-from instaseg.inference.promptable import SamPredictor
 from instaseg.models import load_model
 from instaseg.models.promptable import build_promptable
+from instaseg.models.sam.predictor import SamPredictor
 
 
 def median_ms(function, repeats: int) -> tuple[float, float]:

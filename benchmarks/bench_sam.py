@@ -40,10 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instaseg.inference.automatic_masks import AutomaticMaskGenerator, AutomaticMaskSettings, build_point_grid
-from instaseg.inference.promptable import SamPredictor, mask_boxes, stability_score
 from instaseg.models.sam import MASK_THRESHOLD, VIT_B, load_sam, mobile_sam, sam_vit
 from instaseg.models.sam import mask_decoder as decoder_module
+from instaseg.models.sam.automatic_masks import (
+    AutomaticMaskGenerator,
+    AutomaticMaskSettings,
+    build_point_grid,
+)
+from instaseg.models.sam.predictor import SamPredictor, mask_boxes, stability_score
 from instaseg.models.sam.transforms import postprocess_masks, scale_coords
 from instaseg.ops import nms
 from instaseg.structures.masks import decode_rle, uncompressed_rle_to_rle

@@ -38,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from instaseg.evaluation.interactive import evaluate_prompts
-    from instaseg.inference.promptable import SamPredictor
     from instaseg.io.atomic import atomic_write
     from instaseg.models import load_model
     from instaseg.models.model_file import read_weights
+    from instaseg.models.sam.predictor import SamPredictor
 
     for name in ("max_clicks", "max_images", "max_objects_per_image", "threads"):
         value = getattr(args, name)

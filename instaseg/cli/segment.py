@@ -57,7 +57,6 @@ def parse_numbers(values: list[str] | None, sizes: tuple[int, ...], option: str)
 
 
 def run(args: argparse.Namespace) -> int:
-    from instaseg.inference.automatic_masks import AutomaticMaskGenerator, AutomaticMaskSettings
     from instaseg.inference.outputs import (
         ResultsFile,
         encode_png,
@@ -68,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
         write_json,
     )
     from instaseg.inference.overlay import draw_overlay
-    from instaseg.inference.promptable import SamPredictor
     from instaseg.io.images import load_image
+    from instaseg.models.sam.automatic_masks import AutomaticMaskGenerator, AutomaticMaskSettings
+    from instaseg.models.sam.predictor import SamPredictor
 
     points = parse_numbers(args.points, (2, 3), "--points")
     boxes = parse_numbers(args.boxes, (4,), "--boxes")

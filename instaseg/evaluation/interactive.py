@@ -10,7 +10,7 @@ clicks ask for one mask. Masks are compared at full image resolution.
 Metrics (`summarize`): `mIoU@k` (k = 1, 3, 5) is the mean IoU after k clicks; `NoC@85` / `NoC@90` the mean
 number of clicks until IoU reaches 0.85 / 0.90, counting `max_clicks` (20) for an object that never does;
 `box_mIoU` the mean IoU of one mask from each object's tight box. Any model with SAM's predictor interface
-(`PromptSegmenter`: `instaseg.inference.promptable.SamPredictor` for SAM, MobileSAM or instaseg's own
+(`PromptSegmenter`: `instaseg.models.sam.predictor.SamPredictor` for SAM, MobileSAM or instaseg's own
 promptable model) can be scored.
 """
 

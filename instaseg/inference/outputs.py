@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instaseg.inference.mask_crops import crops_from_masks
 from instaseg.io.atomic import atomic_write
 from instaseg.structures.instances import Instances
+from instaseg.structures.mask_crops import crops_from_masks
 from instaseg.structures.masks import Masks, bitmap_to_polygons
 
 

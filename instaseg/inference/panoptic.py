@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instaseg.inference.mask_crops import MaskCrop, crops_from_masks
 from instaseg.io.atomic import atomic_write
 from instaseg.structures.instances import Instances
+from instaseg.structures.mask_crops import MaskCrop, crops_from_masks
 from instaseg.structures.panoptic import MAX_SEGMENT_ID, PanopticSegmentation, Segment
 
 

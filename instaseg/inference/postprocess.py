@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from instaseg.inference.mask_crops import DENSE_MASK_LIMIT, MaskCrop, crops_from_masks, masks_from_crops
 from instaseg.models.protocol import EVALUATION_SCORE_THRESHOLD, MASK_THRESHOLD, OperatingPoint
 from instaseg.ops import batched_nms, matrix_nms, nms, paste_masks_in_image, soft_nms
 from instaseg.structures.instances import Instances
+from instaseg.structures.mask_crops import DENSE_MASK_LIMIT, MaskCrop, crops_from_masks, masks_from_crops
 from instaseg.structures.masks import Masks
 
 NMS_KINDS = ("none", "hard", "soft-gaussian", "soft-linear", "matrix")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from instaseg.inference.mask_crops import MaskCrop, crops_from_masks, masks_from_crops
 from instaseg.structures.instances import Instances
+from instaseg.structures.mask_crops import MaskCrop, crops_from_masks, masks_from_crops
 
 Window = tuple[int, int, int, int]  # (y0, x0, y1, x1): rows [y0, y1) and columns [x0, x1) of the image
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from instaseg.inference.mask_crops import MaskCrop, masks_from_crops
 from instaseg.models.protocol import DetectOptions, SegmentationModel
 from instaseg.ops import paste_masks_in_image
 from instaseg.structures.boxes import box_iou
 from instaseg.structures.instances import Instances
+from instaseg.structures.mask_crops import MaskCrop, masks_from_crops
 from instaseg.structures.masks import Masks
 
 

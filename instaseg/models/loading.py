@@ -8,6 +8,8 @@ Sources, tried in this order:
   timing and training starts;
 - an `.onnx` file written by `instaseg export`: run on ONNX Runtime (`OnnxMaskRCNN`, `OnnxCondInst`);
 - a model file (`instaseg.models.model_file`, training checkpoints included; old version-1 files too);
+- an official (or repackaged) Segment Anything / MobileSAM checkpoint: automatic mask generation
+  (`SamEverythingModel`, one class "object");
 - a torchvision-layout Mask R-CNN state dict (torchvision's published COCO weights): COCO's categories when
   it has COCO's 91 classes.
 Every model comes back in eval mode on the CPU, with its `categories` and `operating_point` set.
@@ -28,6 +30,8 @@ from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.model_file import ModelFile, WeightsError, read_weights
 from instaseg.models.promptable import PromptableConfig, build_promptable
 from instaseg.models.protocol import SegmentationModel
+from instaseg.models.sam import is_sam_checkpoint, load_sam
+from instaseg.models.sam.automatic_masks import SamEverythingModel
 
 ModelSource = SegmentationModel | str | Path | None
 # The classifier weight of a torchvision-layout state dict: its first dimension is the number of classes.
@@ -64,6 +68,8 @@ def load_model(source: ModelSource = None) -> SegmentationModel:
     data = read_weights(path)
     if "config" in data:
         return model_from_file(ModelFile.from_dict(data, str(path)), str(path))
+    if is_sam_checkpoint(data):  # official or repackaged SAM / MobileSAM: "segment everything"
+        return SamEverythingModel(load_sam(data))
     return _torchvision_state_dict(data, path)
 
 

@@ -141,7 +141,7 @@ def test_merge_checks_its_inputs():
 
 
 def test_large_results_are_stored_as_rle(make_segmenter, make_disc_image, monkeypatch):
-    import instaseg.inference.mask_crops as mask_crops
+    import instaseg.structures.mask_crops as mask_crops
 
     monkeypatch.setattr(mask_crops, "DENSE_MASK_LIMIT", 0)  # as if the image were huge
     image = make_disc_image(600, 600, DISCS)

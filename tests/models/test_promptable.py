@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from instaseg.inference.promptable import PromptError, SamPredictor
 from instaseg.models import build, load_model
 from instaseg.models.build import save_weights
 from instaseg.models.model_file import WeightsError
@@ -19,6 +18,7 @@ from instaseg.models.promptable import (
 )
 from instaseg.models.promptable.model import corrective_clicks, mask_losses
 from instaseg.models.promptable.prompt_simulation import jittered_boxes, random_points
+from instaseg.models.sam.predictor import PromptError, SamPredictor
 
 TINY = PromptableConfig(image_size=64)
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from test_models_parity import weights_from_recipe
 
-from instaseg.inference.promptable import SamPredictor
 from instaseg.models.sam import load_sam
+from instaseg.models.sam.predictor import SamPredictor
 
 MODELS = ("sam_small", "mobile_sam")
 _CACHE: dict[str, object] = {}

@@ -2,7 +2,7 @@
 features, trained by instaseg on its own data (no official SAM weights needed).
 
 It is a `instaseg.models.sam.Sam` (same `PromptEncoder`, `MaskDecoder`, `decode`), so
-`instaseg.inference.promptable.SamPredictor` runs it unchanged: `set_image` resizes the long side to
+`instaseg.models.sam.predictor.SamPredictor` runs it unchanged: `set_image` resizes the long side to
 `config.image_size` (256) instead of 1024, `preprocess` normalises with the detector's statistics and pads to
 that square, and the encoder returns a `(B, 256, S/8, S/8)` embedding (FPN P3 at stride 8 through a neck);
 the low-res masks are `(B, C, S/2, S/2)` over the padded S frame (stride 2).

@@ -1,6 +1,6 @@
 """The `Sam` composition: image encoder, prompt encoder and mask decoder, with SAM's pixel normalisation.
 
-`Sam` holds no image state; `instaseg.inference.promptable.SamPredictor` caches an image's embedding and runs
+`Sam` holds no image state; `instaseg.models.sam.predictor.SamPredictor` caches an image's embedding and runs
 prompts against it. Constructors: `sam_vit(config)` (vit_b / vit_l / vit_h / any `ViTConfig`) and
 `mobile_sam()` (TinyViT `vit_t`).
 """

@@ -2,7 +2,7 @@
 
 import torch
 
-from instaseg.inference.mask_crops import crops_from_masks
+from instaseg.structures.mask_crops import crops_from_masks
 from instaseg.structures.masks import Masks
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from instaseg.inference.promptable import PromptError, SamPredictor, mask_boxes, stability_score
 from instaseg.models.sam import ViTConfig, mobile_sam, sam_vit
 from instaseg.models.sam.checkpoint import SamCheckpointError
+from instaseg.models.sam.predictor import PromptError, SamPredictor, mask_boxes, stability_score
 
 TINY = ViTConfig(embed_dim=32, depth=1, num_heads=2, global_attn_indexes=())  # windowed only: cheap
 
@@ -174,3 +174,29 @@ def test_refine_replaces_a_detectors_masks_with_sams(predictor: SamPredictor) ->
     assert len(predictor.refine(detections[:0])) == 0
     with pytest.raises(PromptError, match=r"detections: image size \(10, 10\)"):
         predictor.refine(detections[:0].replace(image_size=(10, 10), masks=None))
+
+
+def _saved_sam(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(sam_vit(TINY).state_dict(), path)  # the official layout: a plain state dict
+    return path
+
+
+def test_a_sam_checkpoint_loads_through_load_model_as_a_segmentation_model(tmp_path) -> None:
+    from instaseg.models import SegmentationModel, load_model
+    from instaseg.models.sam.automatic_masks import SamEverythingModel
+
+    model = load_model(_saved_sam(tmp_path))
+    assert isinstance(model, SamEverythingModel) and isinstance(model, SegmentationModel)
+    assert model.summary()["family"] == "sam" and model.categories == [{"id": 1, "name": "object"}]
+
+
+@pytest.mark.slow
+def test_the_predictor_segments_everything_with_a_sam_checkpoint(tmp_path) -> None:
+    from instaseg.inference.predictor import Predictor
+
+    predictor = Predictor(_saved_sam(tmp_path), tiling=None)
+    assert predictor.postprocess_options.score_threshold == 0.05  # no operating point: every mask
+    result = predictor.predict(np.zeros((24, 32, 3), dtype=np.uint8))
+    assert result.image_size == (24, 32) and set(result.labels.tolist()) <= {1}

@@ -33,16 +33,17 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
-from instaseg.inference.mask_crops import MaskCrop, masks_from_crops
-from instaseg.inference.promptable import SamPredictor, stability_score
 from instaseg.io.images import ImageSource, load_image
 from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions
 from instaseg.models.sam import MASK_THRESHOLD, Sam
+from instaseg.models.sam.predictor import SamPredictor, stability_score
 from instaseg.models.sam.transforms import postprocess_masks, scale_coords
 from instaseg.ops import nms
 from instaseg.structures.boxes import box_area
 from instaseg.structures.instances import Instances
+from instaseg.structures.mask_crops import MaskCrop, masks_from_crops
 from instaseg.structures.masks import rle_area
 
 __all__ = [
@@ -302,7 +303,7 @@ def _passing(scores: torch.Tensor, threshold: float, strict: bool) -> torch.Tens
     return scores > threshold if strict else scores >= threshold
 
 
-class SamEverythingModel:
+class SamEverythingModel(nn.Module):
     """Automatic mask generation behind the `SegmentationModel` protocol (`instaseg.models.protocol`), so that
     `load_model`, `Predictor`, `instaseg predict` and the service can run a SAM checkpoint: `detect` segments
     everything in each image. One class, 1 = "object"; scores are predicted IoUs, by decreasing score.
@@ -317,7 +318,10 @@ class SamEverythingModel:
     def __init__(
         self, model: Sam | SamPredictor | str | Path, settings: AutomaticMaskSettings | None = None
     ) -> None:
+        super().__init__()
         self.generator = AutomaticMaskGenerator(model, settings)
+        # A registered submodule: `.to(device)` and `.eval()` (Predictor calls them) reach the network.
+        self.sam = self.generator.predictor.model
         self.categories: list[dict] | None = [{"id": 1, "name": "object"}]
 
     @property

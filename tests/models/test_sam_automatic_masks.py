@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from instaseg.inference.automatic_masks import (
+from instaseg.models.sam import mobile_sam
+from instaseg.models.sam.automatic_masks import (
     AutomaticMaskGenerator,
     AutomaticMaskSettings,
     _clean_regions,
@@ -19,9 +20,8 @@ from instaseg.inference.automatic_masks import (
     sam_records,
     uncovered_points,
 )
-from instaseg.inference.mask_crops import MaskCrop
-from instaseg.inference.promptable import SamPredictor
-from instaseg.models.sam import mobile_sam
+from instaseg.models.sam.predictor import SamPredictor
+from instaseg.structures.mask_crops import MaskCrop
 from instaseg.structures.masks import decode_rle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
@@ -189,9 +189,9 @@ def test_records_use_the_official_bbox_convention() -> None:
 
 
 def test_everything_model_follows_the_segmentation_protocol() -> None:
-    from instaseg.inference.automatic_masks import SamEverythingModel
     from instaseg.models.protocol import DetectOptions, SegmentationModel
     from instaseg.models.sam import is_sam_checkpoint
+    from instaseg.models.sam.automatic_masks import SamEverythingModel
 
     torch.manual_seed(0)
     predictor = StoredEmbedding(mobile_sam(), torch.randn(1, 256, 64, 64), (683, 1024))
