@@ -21,6 +21,7 @@ from instaseg.cli import (
     plot_metrics,
     predict,
     rank,
+    segment,
     serve,
     slo,
     split,
@@ -30,6 +31,7 @@ from instaseg.cli import (
 # Each module defines `add_parser(subparsers)`; the parser it adds sets `func(args) -> int` (the exit code).
 COMMANDS = [
     predict,
+    segment,
     demo,
     convert,
     split,
