@@ -134,3 +134,53 @@ def test_unknown_or_inapplicable_metrics_are_refused(
     assert len(error.splitlines()) == 1 and "metrics must be a non-empty subset of ap, boundary_ap" in error
     assert main(["eval", "--gt", str(gt), "--pred", str(res), "--iou-type", "bbox", "--metrics", "dsb"]) == 2
     assert "dsb need iou_type 'segm'" in capsys.readouterr().err
+
+
+def test_panoptic_and_semantic_evaluation_of_predict_outputs(tmp_path, capsys):
+    """`predict --panoptic/--semantic` output scored against itself: PQ 1 and mean IoU 1; a changed copy
+    scores lower."""
+    from PIL import Image
+
+    from instaseg.inference.panoptic import PanopticResults
+    from instaseg.structures.panoptic import PanopticSegmentation, Segment
+
+    ids = np.zeros((8, 8), dtype=np.int32)
+    ids[:4, :4], ids[4:, 4:] = 1, 2
+    segmentation = PanopticSegmentation(
+        ids, [Segment(1, 5, True, 16, (0, 0, 4, 4)), Segment(2, 6, False, 16, (4, 4, 4, 4))]
+    )
+    for name in ("gt", "pred"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(segmentation.to_rgb()).save(tmp_path / name / "a.png")
+        results = PanopticResults(tmp_path, [{"id": 5, "name": "cell"}, {"id": 6, "name": "glass"}])
+        results.add(1, "a.png", "a.png", segmentation)
+        results.save()
+        (tmp_path / "panoptic.json").rename(tmp_path / f"{name}.json")
+    assert (
+        main(
+            [
+                "eval",
+                "--gt",
+                str(tmp_path / "gt.json"),
+                "--pred",
+                str(tmp_path / "pred.json"),
+                "--iou-type",
+                "panoptic",
+                "--out",
+                str(tmp_path / "pq.json"),
+            ]
+        )
+        == 0
+    )
+    assert "All: PQ 1.0000" in capsys.readouterr().out
+    assert json.loads((tmp_path / "pq.json").read_text())["panoptic"]["groups"]["Stuff"]["PQ"] == 1.0
+    semantic_gt, semantic_pred = tmp_path / "sem_gt", tmp_path / "sem_pred"
+    semantic_gt.mkdir(), semantic_pred.mkdir()
+    Image.fromarray(segmentation.semantic_map({5: 1, 6: 2}, unlabelled=0)).save(semantic_gt / "a.png")
+    changed = segmentation.semantic_map({5: 1, 6: 1}, unlabelled=0)
+    Image.fromarray(changed).save(semantic_pred / "a.png")
+    assert (
+        main(["eval", "--gt", str(semantic_gt), "--pred", str(semantic_pred), "--iou-type", "semantic"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "class 1: IoU 0.5000" in printed and "class 2: IoU 0.0000" in printed
