@@ -7,7 +7,7 @@ from pathlib import Path
 
 # `instaseg.data.convert.SOURCE_FORMATS`, restated so that --help needs no import of the data package
 # (tests/cli/test_cli_help.py checks that the two agree).
-SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio")
+SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio", "coco-panoptic")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from instaseg.data.records import DatasetError
+from instaseg.data.records import (
+    AnnotationRecord,
+    CategoryRecord,
+    Dataset,
+    DatasetError,
+    ImageRecord,
+    bbox_and_area,
+)
 from instaseg.structures.coco_fields import is_int, iscrowd_problem
+from instaseg.structures.masks import encode_rle
 from instaseg.structures.panoptic import PanopticSegmentation
 
 __all__ = [
@@ -53,13 +61,15 @@ class PanopticSegment:
 
 @dataclass(frozen=True)
 class PanopticImage:
-    """One image: size from `images`, the PNG file (`file_name` of the annotation, in the PNG folder)."""
+    """One image: size and image `file_name` from `images` ("" and 0 x 0 when the file has no `images`), the
+    PNG file (`file_name` of the annotation, in the PNG folder)."""
 
     image_id: int
     height: int
     width: int
     png: Path
     segments: list[PanopticSegment]
+    file_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,8 @@ def read_panoptic_json(
         if not isinstance(file_name, str) or not file_name:
             raise DatasetError(path, record, "needs the PNG 'file_name'")
         segments = _segments(annotation.get("segments_info"), categories, path, record)
-        height, width = sizes[image_id] if sizes is not None else (0, 0)
-        images[image_id] = PanopticImage(image_id, height, width, folder / file_name, segments)
+        height, width, image_file = sizes[image_id] if sizes is not None else (0, 0, "")
+        images[image_id] = PanopticImage(image_id, height, width, folder / file_name, segments, image_file)
     return PanopticFile(path, images, categories)
 
 
@@ -136,7 +146,8 @@ def _categories(entries: Any, path: Path) -> dict[int, PanopticCategory]:
     return categories
 
 
-def _image_sizes(entries: Any, path: Path) -> dict[int, tuple[int, int]] | None:
+def _image_sizes(entries: Any, path: Path) -> dict[int, tuple[int, int, str]] | None:
+    """`images` as id -> (height, width, file_name), or None without them (prediction files)."""
     if entries is None:
         return None
     if not isinstance(entries, list):
@@ -148,7 +159,7 @@ def _image_sizes(entries: Any, path: Path) -> dict[int, tuple[int, int]] | None:
         height, width = entry.get("height"), entry.get("width")
         if not (is_int(height) and is_int(width) and height > 0 and width > 0):
             raise DatasetError(path, f"image id={entry['id']}", "needs positive integer 'height' and 'width'")
-        sizes[entry["id"]] = (height, width)
+        sizes[entry["id"]] = (height, width, str(entry.get("file_name", "")))
     return sizes
 
 
@@ -208,3 +219,37 @@ def read_segment_map(image: PanopticImage, json_path: str | Path = "") -> np.nda
             json_path or image.png, f"{record}, segment {missing[0]}", f"in the JSON but not in {image.png}"
         )
     return ids
+
+
+def read_coco_panoptic(
+    path: str | Path,
+    png_folder: str | Path | None = None,
+    image_root: str | Path | None = None,
+) -> Dataset:
+    """A COCO panoptic data set as instance records (what `instaseg convert --from coco-panoptic` writes as
+    COCO): every segment becomes an annotation with its RLE mask, crowd flag and category, and categories
+    keep `isthing` (stuff, `isthing: 0`, is what trains a semantic head). `image_root`: the folder the
+    images' `file_name`s are relative to (default: the JSON's folder). Bad PNGs or segments raise
+    `DatasetError` naming the file and the segment (`read_panoptic_json`, `read_segment_map`)."""
+    panoptic = read_panoptic_json(path, png_folder)
+    images = []
+    next_id = 1
+    for image in sorted(panoptic.images.values(), key=lambda item: item.image_id):
+        if not image.file_name:
+            raise DatasetError(Path(path), f"image id={image.image_id}", "needs 'images' with a 'file_name'")
+        ids = read_segment_map(image, path)
+        record = ImageRecord(image.image_id, image.file_name, image.height, image.width)
+        for segment in image.segments:
+            rle = encode_rle((ids == segment.id)[None])[0]
+            bbox, area = bbox_and_area(rle)
+            record.annotations.append(
+                AnnotationRecord(next_id, segment.category_id, rle, bbox, area, segment.iscrowd)
+            )
+            next_id += 1
+        images.append(record)
+    categories = [
+        CategoryRecord(category.id, category.name, extra={"isthing": int(category.isthing)})
+        for category in sorted(panoptic.categories.values(), key=lambda item: item.id)
+    ]
+    root = Path(image_root) if image_root is not None else Path(path).parent
+    return Dataset(images, categories, root)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instaseg.data.coco import read_coco, write_coco
+from instaseg.data.coco_panoptic import read_coco_panoptic
 from instaseg.data.label_maps import read_label_maps
 from instaseg.data.label_studio import read_label_studio
 from instaseg.data.mask_folders import read_mask_folders
@@ -14,7 +15,7 @@ from instaseg.data.yolo import read_yolo
 
 __all__ = ["SOURCE_FORMATS", "ConvertSummary", "convert", "format_convert_summary", "read_dataset"]
 
-SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio")
+SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio", "coco-panoptic")
 
 
 @dataclass
@@ -50,6 +51,9 @@ def read_dataset(
     - label-maps: `source` is the root; `images_dir`, `masks_dir`, `mask_suffix`, `category_name`.
     - yolo: `source` is the root with `images/`, `labels/` and `classes.txt` or `data.yaml`.
     - label-studio: `source` is a Label Studio JSON export; `image_root` (default: the JSON's folder).
+    - coco-panoptic: `source` is the panoptic JSON (its PNGs in the folder of the same name); `image_root`
+      (default: the JSON's folder). Segments become instance annotations; categories keep `isthing`. Always
+      strict: a bad PNG or segment stops the conversion, naming it.
     """
     given = {
         "image_root": image_root,
@@ -65,6 +69,7 @@ def read_dataset(
         "label-maps": {"category_name", "images_dir", "masks_dir", "mask_suffix"},
         "yolo": set(),
         "label-studio": {"image_root"},
+        "coco-panoptic": {"image_root"},
     }
     if source_format not in used:
         raise ValueError(
@@ -83,6 +88,8 @@ def read_dataset(
         return read_label_maps(source, **options, **common)
     if source_format == "label-studio":
         return read_label_studio(source, options.get("image_root"), **common)
+    if source_format == "coco-panoptic":
+        return read_coco_panoptic(source, image_root=options.get("image_root"))
     return read_yolo(source, **common)
 
 
