@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -20,8 +20,40 @@ from instaseg.models.resnet import RESNET_DEPTHS
 BACKBONES = ("resnet", "efficientnet_lite0")
 
 
+SettingsT = TypeVar("SettingsT", bound="ModelSettings")
+
+
+class ModelSettings:
+    """The plain-data round trip every family's architecture config (a dataclass of numbers, strings and
+    tuples) shares: `to_dict` for model files and YAML, `from_dict` with each value checked against the type
+    of its field's default."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON / YAML types only (tuples become lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls: type[SettingsT], data: dict[str, Any], source: str = "config") -> SettingsT:
+        """Build from `to_dict`'s output; missing keys take defaults, unknown keys raise `ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        defaults = {item.name: item.default for item in fields(cls)}
+        values = {}
+        for key, value in data.items():
+            if key not in defaults:
+                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {', '.join(defaults)})")
+            values[key] = _coerce(key, value, defaults[key], source)
+        try:
+            return cls(**values)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+
+
 @dataclass
-class MaskRCNNConfig:
+class MaskRCNNConfig(ModelSettings):
     """Mask R-CNN settings; defaults are torchvision's `maskrcnn_resnet50_fpn` defaults.
 
     `num_classes` counts the background (COCO: 91). `num_stuff_classes` > 0 adds Panoptic FPN's semantic
@@ -111,29 +143,6 @@ class MaskRCNNConfig:
             value = getattr(self, item.name)
             if item.name.endswith(("_thresh", "_fraction")) and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{item.name}: {value} must be within [0, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON / YAML types only (tuples become lists)."""
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> MaskRCNNConfig:
-        """Build from `to_dict`'s output; missing keys take defaults, unknown keys raise `ConfigError`."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        defaults = {item.name: item.default for item in fields(cls)}
-        values = {}
-        for key, value in data.items():
-            if key not in defaults:
-                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {', '.join(defaults)})")
-            values[key] = _coerce(key, value, defaults[key], source)
-        try:
-            return cls(**values)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
 
     def save(self, path: str | Path) -> None:
         """Write as YAML (`.yaml` / `.yml`) or JSON (`.json`), atomically."""
