@@ -3,11 +3,9 @@ model, as a dataclass that round-trips to plain data (model files carry it, like
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from instaseg.models.config import ConfigError, _coerce
+from instaseg.models.config import ConfigError, ModelSettings
 from instaseg.models.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD
 from instaseg.models.inputs import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -18,7 +16,7 @@ MASK_STRIDE = 4
 
 
 @dataclass
-class CondInstConfig:
+class CondInstConfig(ModelSettings):
     """Settings of `instaseg.models.condinst.CondInst`.
 
     `frozen_stages`: body stage groups (stem, then the blocks ending at C2..C5) whose weights do not train:
@@ -101,26 +99,3 @@ class CondInstConfig:
         the mask features and two relative coordinates (169 for 8 features, 8 hidden: CondInst's)."""
         inputs, hidden = self.mask_channels + 2, self.dynamic_channels
         return inputs * hidden + hidden + hidden * hidden + hidden + hidden + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON / YAML types only (tuples become lists)."""
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> CondInstConfig:
-        """Build from `to_dict`'s output; missing keys take defaults, unknown keys raise `ConfigError`."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        defaults = {item.name: item.default for item in fields(cls)}
-        values = {}
-        for key, value in data.items():
-            if key not in defaults:
-                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {', '.join(defaults)})")
-            values[key] = _coerce(key, value, defaults[key], source)
-        try:
-            return cls(**values)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
