@@ -3,11 +3,9 @@ decoder on a detector's EfficientNet-Lite0 FPN features), as a dataclass that ro
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from instaseg.models.config import ConfigError, _coerce
+from instaseg.models.config import ConfigError, ModelSettings
 
 ENCODERS = ("efficientnet_lite0_fpn",)
 # The FPN level that becomes the image embedding: P3, stride 8 (a 256 input gives a 32x32 grid).
@@ -18,7 +16,7 @@ LITE_STD = (128.0 / 255.0,) * 3
 
 
 @dataclass
-class PromptableConfig:
+class PromptableConfig(ModelSettings):
     """Settings of `instaseg.models.promptable.PromptableSam`.
 
     Geometry: an image's long side is resized to `image_size` and the rest zero-padded (as SAM does at 1024);
@@ -94,26 +92,3 @@ class PromptableConfig:
     def embedding_size(self) -> int:
         """Cells per side of the image embedding (`image_size / 8`)."""
         return self.image_size // EMBEDDING_STRIDE
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON / YAML types only (tuples become lists)."""
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> PromptableConfig:
-        """Build from `to_dict`'s output; missing keys take defaults, unknown keys raise `ConfigError`."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        defaults = {item.name: item.default for item in fields(cls)}
-        values = {}
-        for key, value in data.items():
-            if key not in defaults:
-                raise ConfigError(f"{source}: unknown key {key!r} (known keys: {', '.join(defaults)})")
-            values[key] = _coerce(key, value, defaults[key], source)
-        try:
-            return cls(**values)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
