@@ -15,17 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instaseg.export.tracing import trace_to_onnx
 from instaseg.io.atomic import atomic_write
 from instaseg.models.condinst.model import CondInst
 from instaseg.models.norm import fold_frozen_batchnorm
 from instaseg.models.onnx_metadata import (
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    ExportError,
     ExportMetadata,
     require_onnx,
     write_metadata,
@@ -79,34 +76,7 @@ def export_condinst_onnx(
     folded = fold_frozen_batchnorm(model.body) if fold_batchnorm else 0
     graph = CondInstGraph(model).eval()
     example_size = input_size or (256, 256)
-    # Unequal sides, not multiples of 32, so that the trace specialises on neither.
-    example = torch.zeros(1, 3, example_size[0], example_size[1] if not dynamic else example_size[1] + 37)
-    dynamic_shapes = (
-        {"image": {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}} if dynamic else None
-    )
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                dynamo=True,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset,
-                custom_translation_table=translation_table,
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as error:  # torch.export and onnxscript raise many types; keep the first line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ExportError(f"ONNX export failed: {type(error).__name__}: {first_line}") from error
-    model_proto = program.model_proto
-    # Keep value_info for computed tensors only (stale weight shapes break the quantizer; see onnx_export).
-    weights = {initializer.name for initializer in model_proto.graph.initializer}
-    computed = [info for info in model_proto.graph.value_info if info.name not in weights]
-    del model_proto.graph.value_info[:]
-    model_proto.graph.value_info.extend(computed)
+    model_proto = trace_to_onnx(graph, example_size, dynamic, opset, translation_table)
     transform = model.transform
     metadata = ExportMetadata(
         num_classes=model.num_classes,

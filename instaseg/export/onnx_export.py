@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from instaseg import __version__
 from instaseg.export.condinst_export import export_condinst_onnx
+from instaseg.export.tracing import trace_to_onnx
 from instaseg.io.atomic import atomic_write
 from instaseg.io.files import file_sha256
 from instaseg.models.condinst.model import CondInst
@@ -35,8 +36,6 @@ from instaseg.models.model_file import WeightsError
 from instaseg.models.norm import fold_frozen_batchnorm
 from instaseg.models.onnx_metadata import (
     FORMAT_VERSION,
-    INPUT_NAMES,
-    OUTPUT_NAMES,
     ExportError,
     ExportMetadata,
     require_onnx,
@@ -158,35 +157,7 @@ def export_onnx(
     graph = InferenceGraph(model).eval()
     transform = model.transform
     example_size = input_size or (transform.min_size[-1], transform.min_size[-1])
-    # Unequal sides (and not multiples of size_divisible) so that the trace specialises on neither.
-    example = torch.zeros(1, 3, example_size[0], example_size[1] if not dynamic else example_size[1] + 37)
-    dynamic_shapes = (
-        {"image": {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}} if dynamic else None
-    )
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                dynamo=True,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset,
-                custom_translation_table=_translation_table(),
-                external_data=False,
-                verbose=False,
-            )
-    except Exception as error:  # torch.export and onnxscript raise many types; keep the first line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ExportError(f"ONNX export failed: {type(error).__name__}: {first_line}") from error
-    model_proto = program.model_proto
-    # Shapes recorded for weights go stale when tools rewrite them (ONNX Runtime's quantizer transposes Gemm
-    # weights, then fails its own shape check): keep value_info for computed tensors only.
-    weights = {initializer.name for initializer in model_proto.graph.initializer}
-    computed = [info for info in model_proto.graph.value_info if info.name not in weights]
-    del model_proto.graph.value_info[:]
-    model_proto.graph.value_info.extend(computed)
+    model_proto = trace_to_onnx(graph, example_size, dynamic, opset, _translation_table())
     metadata = ExportMetadata(
         num_classes=model.num_classes,
         min_size=int(transform.min_size[-1]),
