@@ -13,9 +13,11 @@ from pathlib import Path
 from instaseg.cli.options import add_deprecated_alias, given
 from instaseg.cli.serve import BACKENDS
 
-# `instaseg.inference.postprocess.NMS_KINDS`, restated so that --help needs no import of torch; the defaults
-# quoted in the help texts are the library's (tests/cli/test_cli_help.py checks both).
+# `instaseg.inference.postprocess.NMS_KINDS` and `instaseg.models.sam.refined_model.REFINE_MODES`, restated so
+# that --help needs no import of torch; the defaults quoted in the help texts are the library's
+# (tests/cli/test_cli_help.py checks both).
 NMS_KINDS = ("none", "hard", "soft-gaussian", "soft-linear", "matrix")
+REFINE_MODES = ("replace", "fuse")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +43,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=BACKENDS,
         help="torch, or onnx (ONNX Runtime, CPU; a checkpoint is exported once to a cache); default: onnx "
         "for an .onnx --model, else torch",
+    )
+    parser.add_argument(
+        "--refine-with",
+        type=Path,
+        metavar="SAM_CHECKPOINT",
+        help="redraw every detected mask with SAM / MobileSAM from its box (sam_vit_*.pth, mobile_sam.pt)",
+    )
+    parser.add_argument(
+        "--refine-mode",
+        choices=REFINE_MODES,
+        default="replace",
+        help="with --refine-with: replace every mask, or fuse (SAM's mask only where it agrees with the "
+        "detector's, mask IoU >= 0.5); default replace",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call (default 1)")
     parser.add_argument(
@@ -182,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         tracker=TrackerOptions(**given(iou_threshold=args.track_iou_threshold, max_age=args.track_max_age)),
         progress=False if args.no_progress else None,
         backend=args.backend,
+        refine_with=args.refine_with,
+        refine_mode=args.refine_mode,
     )
     print(summary.format())
     return 1 if summary.failures else 0
@@ -193,7 +210,7 @@ def _run_on_ray(args: argparse.Namespace, postprocess: object, tiling: object, t
 
     local_only = {"--overlay": args.overlay, "--label-maps": args.label_maps, "--polygons": args.polygons}
     local_only.update({"--semantic": args.semantic, "--panoptic": args.panoptic})
-    local_only.update({"--coco-gt": args.coco_gt, "--video": args.video})
+    local_only.update({"--coco-gt": args.coco_gt, "--video": args.video, "--refine-with": args.refine_with})
     if any(local_only.values()):
         used = ", ".join(flag for flag, value in local_only.items() if value)
         raise ValueError(f"--engine ray writes result rows only: {used} need the local engine")

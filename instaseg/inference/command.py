@@ -14,6 +14,9 @@ from instaseg.inference.tiling import TilingOptions
 from instaseg.inference.tracking import TrackerOptions
 from instaseg.inference.tta import TTAOptions
 from instaseg.inference.video import VideoSummary, predict_video
+from instaseg.models.loading import load_model
+from instaseg.models.sam.checkpoint import load_sam
+from instaseg.models.sam.refined_model import SamRefinedModel
 
 
 def run_predict(
@@ -32,6 +35,8 @@ def run_predict(
     tracker: TrackerOptions | None = None,
     progress: bool | None = None,
     backend: str | None = None,
+    refine_with: str | Path | None = None,
+    refine_mode: str = "replace",
 ) -> PredictionSummary | VideoSummary:
     """Load `model` (None: the bundled default model) into a `Predictor` and predict on `inputs` (images)
     or, with `video`, on the one video file or frame folder in `inputs`; see `predict_files` and
@@ -39,12 +44,17 @@ def run_predict(
 
     `coco_gt`: a COCO JSON whose image ids the results use (matched by file name), so that `instaseg eval`
     can compare them with that ground truth. `backend`: "torch", "onnx" (ONNX Runtime; a checkpoint is
-    exported once to the cache) or None (onnx for an `.onnx` model, else torch).
+    exported once to the cache) or None (onnx for an `.onnx` model, else torch). `refine_with`: a SAM /
+    MobileSAM checkpoint that redraws every detected mask from its box (`SamRefinedModel`, `refine_mode`
+    "replace" or "fuse").
     """
     if video and len(inputs) != 1:
         raise ValueError(f"--video takes exactly one video file or frame folder, got {len(inputs)} inputs")
+    source = model_source_for_backend(model, backend)
+    if refine_with is not None:
+        source = SamRefinedModel(load_model(source), load_sam(refine_with), mode=refine_mode)
     predictor = Predictor(
-        model_source_for_backend(model, backend),
+        source,
         device=device,
         postprocess=postprocess,
         tiling=tiling,

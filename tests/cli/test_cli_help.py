@@ -74,10 +74,12 @@ def test_restated_choices_and_defaults_are_the_library_ones() -> None:
     from instaseg.export.onnx_export import BACKENDS, DEFAULT_OPSET
     from instaseg.export.quantize import DEFAULT_CALIBRATION_IMAGES, QUANTIZATION_MODES
     from instaseg.inference.postprocess import NMS_KINDS
+    from instaseg.models.sam.refined_model import REFINE_MODES
 
     assert convert.SOURCE_FORMATS == SOURCE_FORMATS
     assert serve.BACKENDS == BACKENDS
     assert predict.NMS_KINDS == NMS_KINDS
+    assert predict.REFINE_MODES == REFINE_MODES
     assert export.DEFAULT_OPSET == DEFAULT_OPSET
     assert export.QUANTIZATION_MODES == QUANTIZATION_MODES
     assert export.DEFAULT_CALIBRATION_IMAGES == DEFAULT_CALIBRATION_IMAGES
