@@ -138,6 +138,9 @@ def run_list(args: argparse.Namespace) -> int:
             golden = registry.golden_set(deployment.name)
             if golden is not None:  # models without a golden set list as they did before the gate
                 listed.update(golden_set=golden, quality_gates=registry.quality_gates(deployment.name))
+            decisions = registry.canary_decisions(deployment.name)
+            if decisions:  # likewise for models the automatic canary analysis never acted on
+                listed.update(canary_decisions=decisions)
             deployments.append(listed)
         print(json.dumps(deployments, indent=2))
     else:
@@ -146,6 +149,13 @@ def run_list(args: argparse.Namespace) -> int:
         for name, decisions in gates:
             for version, decision in sorted(decisions.items()):
                 print(f"quality gate {name} v{version} ({decision['decided_at']}): {_gate_summary(decision)}")
+        for deployment in registry.deployments():
+            for version, decision in sorted(registry.canary_decisions(deployment.name).items()):
+                action = decision["action"].replace("_", " ")
+                print(
+                    f"canary {deployment.name} v{version} ({decision['decided_at']}): {action} automatically "
+                    f"({decision['reason']}): {decision['message']}"
+                )
     return 0
 
 

@@ -4,7 +4,8 @@ Routes (OpenAPI schema at `/openapi.json`, browsable at `/docs`):
 
     POST /v1/predict          one image -> instances
     POST /v1/predict/batch    several images -> instances per image
-    GET  /v1/models           registered models: versions, roles, categories, input limits, live state
+    GET  /v1/models           registered models: versions, roles, categories, input limits, live state,
+                              quality-gate and automatic canary decisions
     GET  /v1/models/{name}
     GET  /healthz             the process is up (no model needed)
     GET  /readyz              200 once every deployed model has a production version loaded and warm, else 503
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from instaseg import __version__
 from instaseg.serving.auth import Authenticator
+from instaseg.serving.canary import CanaryAnalyst
 from instaseg.serving.config import ServingConfig
 from instaseg.serving.deployments import DeploymentManager
 from instaseg.serving.errors import ServiceError
@@ -55,6 +57,7 @@ from instaseg.serving.schemas import (
 )
 from instaseg.serving.served import ServedModel
 from instaseg.serving.service import InferenceService, Served
+from instaseg.serving.shadow import ShadowRunner
 
 __all__ = ["create_app"]
 
@@ -110,6 +113,7 @@ def create_app(
         poll_s=config.registry_poll_s,
         default_model=config.default_model,
         unload_timeout_s=config.shutdown_timeout_s,
+        shadow_versions=config.shadow.versions if config.shadow.share > 0 else None,
     )
     sampling = config.sampling
     sampler = (
@@ -123,7 +127,23 @@ def create_app(
         if sampling.share > 0
         else None
     )
-    service = InferenceService(config, deployments, metrics, sampler)
+    analyst = (
+        CanaryAnalyst(config.canary, registry, deployments, metrics, config.device)
+        if config.canary.enabled
+        else None
+    )
+    observe = analyst.observe if analyst is not None else None
+    shadow = (
+        ShadowRunner(
+            config.shadow,
+            metrics,
+            sampler,
+            on_outcome=(lambda served: observe(served.name)) if observe is not None else None,
+        )
+        if config.shadow.share > 0
+        else None
+    )
+    service = InferenceService(config, deployments, metrics, sampler, shadow, observe)
     authenticator = (
         Authenticator(config.auth.keys_file, config.auth.requests_per_minute, config.auth.burst)
         if config.auth.enabled
@@ -139,8 +159,14 @@ def create_app(
             torch.set_num_threads(config.torch_threads)
         deployments.start()
         yield
-        # Uvicorn has already let in-flight requests finish; now unload the models (queued images finish).
+        # Uvicorn has already let in-flight requests finish. The analysis stops first (it must not reload
+        # models), then the models are unloaded (queued images, shadow ones too, finish), then the shadow
+        # comparisons still waiting are recorded.
+        if analyst is not None:
+            await run_in_threadpool(analyst.close)
         await run_in_threadpool(deployments.stop)
+        if shadow is not None:
+            await run_in_threadpool(shadow.close, config.shutdown_timeout_s)
         torch.set_num_threads(torch_threads)
         set_decompression_limit(pillow_limit)
 

@@ -1,4 +1,4 @@
-"""Service settings: one YAML file read into plain dataclasses (checked by `instaseg.engine.config_schema`).
+"""Service settings: one YAML file read into plain dataclasses (checked by `instaseg.io.config_schema`).
 
 ```yaml
 registry: /srv/instaseg/registry    # SQLite file + checkpoint folder written by `instaseg models register`
@@ -9,6 +9,9 @@ limits: {max_body_bytes: 20971520, max_image_pixels: 40000000, max_batch_images:
 auth: {enabled: true, keys_file: /srv/instaseg/api_keys.json, requests_per_minute: 120}
 sampling: {share: 0.01, folder: /srv/instaseg/samples, max_bytes: 104857600}
 drift: {window: 500, psi_threshold: 0.2}
+shadow: {share: 0.1, versions: {nuclei: 4}, max_pending: 16}
+canary: {enabled: true, window_requests: 1000, min_requests: 50, max_error_rate_increase: 0.02,
+         max_p95_ratio: 1.5, min_agreement: 0.7, auto_promote_after: 0}
 ```
 
 Unknown keys and values of the wrong type raise `ConfigError` naming the dotted key. Relative paths are taken
@@ -32,6 +35,7 @@ from instaseg.io.config_schema import ConfigError, parse_section, parse_yaml
 __all__ = [
     "AuthConfig",
     "BatchingConfig",
+    "CanaryConfig",
     "DEFAULT_MODEL_NAME",
     "ConfigError",
     "DriftConfig",
@@ -39,6 +43,7 @@ __all__ = [
     "ModelSlo",
     "SamplingConfig",
     "ServingConfig",
+    "ShadowConfig",
     "SloConfig",
     "default_registry_path",
     "ensure_default_registry",
@@ -158,6 +163,75 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    """Shadow traffic: a `share` of each model's production requests (0 = off) is also run, off the response
+    path, on a candidate version whose answers are compared with production's and never returned. The
+    candidate is the version `versions` names for the model (model name -> version number), else the
+    model's canary. At most `max_pending` images wait for shadow calls; a request beyond that is not
+    shadowed (counted in `instaseg_shadow_skipped_total`) rather than slowing production down."""
+
+    share: float = 0.0
+    versions: dict[str, int] = field(default_factory=dict)
+    max_pending: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ConfigError(f"shadow.share must lie in [0, 1], got {self.share}")
+        if self.max_pending < 1:
+            raise ConfigError(f"shadow.max_pending must be >= 1, got {self.max_pending}")
+        for name, version in self.versions.items():
+            if version < 1:
+                raise ConfigError(f"shadow.versions.{name} must be a version number >= 1, got {version}")
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """Automatic canary analysis (`enabled`). Over the last `window_requests` outcomes of each version (the
+    requests it served; for the canary also its shadow calls), once the canary and production have
+    `min_requests` each, the canary is rolled back (through the registry, so every replica follows) when
+    its error rate exceeds production's by more than `max_error_rate_increase` (a difference of shares:
+    production's rate is often 0, where a ratio says nothing), its p95 latency exceeds `max_p95_ratio` x
+    production's, or its mean agreement with production (matched-instance mask IoU of its shadow calls,
+    once there are `min_requests`) is below `min_agreement`. With `auto_promote_after` > 0, a canary that
+    has passed every check after that many outcomes is promoted (after the golden-set gate, if the model
+    has a golden set); 0 never promotes."""
+
+    enabled: bool = False
+    window_requests: int = 1000
+    min_requests: int = 50
+    max_error_rate_increase: float = 0.02
+    max_p95_ratio: float = 1.5
+    min_agreement: float = 0.7
+    auto_promote_after: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window_requests < 1 or not 1 <= self.min_requests <= self.window_requests:
+            raise ConfigError(
+                "canary needs window_requests >= 1 and 1 <= min_requests <= window_requests; got "
+                f"window_requests={self.window_requests}, min_requests={self.min_requests}"
+            )
+        if not 0.0 <= self.max_error_rate_increase <= 1.0:
+            raise ConfigError(
+                f"canary.max_error_rate_increase must lie in [0, 1], got {self.max_error_rate_increase}"
+            )
+        if not self.max_p95_ratio >= 1.0:
+            raise ConfigError(f"canary.max_p95_ratio must be >= 1, got {self.max_p95_ratio}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ConfigError(f"canary.min_agreement must lie in [0, 1], got {self.min_agreement}")
+        if self.auto_promote_after < 0:
+            raise ConfigError(f"canary.auto_promote_after must be >= 0, got {self.auto_promote_after}")
+        if self.auto_promote_after and not self.enabled:
+            raise ConfigError(
+                "canary.auto_promote_after needs canary.enabled: true (promotion follows the analysis)"
+            )
+        if 0 < self.auto_promote_after < self.min_requests:
+            raise ConfigError(
+                f"canary.auto_promote_after ({self.auto_promote_after}) must be 0 or >= canary.min_requests "
+                f"({self.min_requests}): a canary is judged healthy only once it can be judged at all"
+            )
+
+
+@dataclass(frozen=True)
 class ModelSlo:
     """The objectives of one model name over its predict requests (`/v1/predict`, `/v1/predict/batch`).
 
@@ -229,6 +303,8 @@ class ServingConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     slo: SloConfig = field(default_factory=SloConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -1,11 +1,16 @@
 """Which loaded model versions serve which model name, kept in step with the registry while running.
 
 A background thread polls the registry's revision counter every `poll_s` seconds. When it changes, the
-versions now wanted (each name's production version and canary) that are not loaded yet are loaded and warmed
-up in that thread, while requests keep going to the versions already serving; then the routing table is
-switched in one assignment, and versions no longer wanted finish their queued images and are unloaded. A
+versions now wanted (each name's production version, canary and shadow) that are not loaded yet are loaded
+and warmed up in that thread, while requests keep going to the versions already serving; then the routing
+table is switched in one assignment, and versions no longer wanted finish their queued images and are
+unloaded. A
 version that fails to load is logged and counted (`instaseg_errors_total{kind="model_load"}`), and the
 previous production version keeps serving; loading is tried again at the next registry change.
+
+With shadow traffic configured (`shadow_versions` not None), each model also has a shadow version: the one
+`shadow_versions` names for it (loaded beside production and the canary, and unloaded like them), else its
+canary. The shadow gets no traffic of its own; `instaseg.serving.shadow` copies production requests to it.
 
 Checkpoints are fetched through the registry (`ModelRegistry.fetch_checkpoint`: a shared registry copies them
 into this replica's cache and checks their sha256). When the registry cannot be read (a database down, a
@@ -18,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from instaseg.serving.errors import BadInput, NotFound, Unavailable
@@ -34,18 +39,23 @@ Key = tuple[str, int]
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """What serves one model name right now: a production version and, optionally, a canary with its share."""
+    """What serves one model name right now: a production version and, optionally, a canary with its share
+    and a shadow version (the canary itself, or another loaded version) that production requests are
+    copied to."""
 
     name: str
     production: ServedModel | None
     canary: ServedModel | None
     canary_share: float
+    shadow: ServedModel | None = None
 
 
 class DeploymentManager:
     """Loads the deployed versions of every registered model and routes requests between them.
 
     `load(entry)` builds a warmed-up `ServedModel` (injected, so tests and embedders can wrap it).
+    `shadow_versions`: None without shadow traffic; else model name -> the version to shadow (a model not
+    named shadows its canary).
     """
 
     def __init__(
@@ -57,6 +67,7 @@ class DeploymentManager:
         default_model: str | None = None,
         unload_timeout_s: float = 30.0,
         rng: random.Random | None = None,
+        shadow_versions: Mapping[str, int] | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
@@ -65,6 +76,7 @@ class DeploymentManager:
         self._load = load
         self._unload_timeout_s = unload_timeout_s
         self._rng = rng or random.Random()
+        self._shadow_versions = None if shadow_versions is None else dict(shadow_versions)
         self._active: dict[str, ActiveModel] = {}
         self._deployments: dict[str, Deployment] = {}
         self._loaded: dict[Key, ServedModel] = {}
@@ -123,9 +135,9 @@ class DeploymentManager:
         with self._sync_lock:
             revision = self.registry.revision() if revision is None else revision
             deployments = {d.name: d for d in self.registry.deployments()}
-            for deployment in deployments.values():
-                for version in deployment.serving_versions():
-                    self._ensure_loaded((deployment.name, version), revision)
+            wanted = [(d.name, v) for d in deployments.values() for v in self._wanted_versions(d)]
+            for key in wanted:
+                self._ensure_loaded(key, revision)
             active = {name: self._activate(deployment) for name, deployment in deployments.items()}
             self._active = active  # the switch: one assignment, seen whole by request handlers
             self._deployments = deployments
@@ -133,17 +145,29 @@ class DeploymentManager:
             in_use = {
                 (served.name, served.version)
                 for entry in active.values()
-                for served in (entry.production, entry.canary)
+                for served in (entry.production, entry.canary, entry.shadow)
                 if served is not None
             }
             for key in [key for key in self._loaded if key not in in_use]:
                 _log.info("unloading %s v%d", *key)
                 self._loaded.pop(key).close(self._unload_timeout_s)
-            wanted = {(d.name, v) for d in deployments.values() for v in d.serving_versions()}
             for key in [key for key in self._states if key not in self._loaded and key not in wanted]:
                 del self._states[key]
             self._publish()
         self._synced.set()
+
+    def _wanted_versions(self, deployment: Deployment) -> list[int]:
+        """Production, the canary, and a shadow version of its own when one is configured for the model."""
+        versions = deployment.serving_versions()
+        shadow = self._shadow_version(deployment)
+        return versions + [shadow] if shadow is not None and shadow not in versions else versions
+
+    def _shadow_version(self, deployment: Deployment) -> int | None:
+        """The version production requests of this model are copied to (None: no shadow traffic)."""
+        if self._shadow_versions is None:
+            return None
+        version = self._shadow_versions.get(deployment.name, deployment.canary)
+        return None if version == deployment.production else version
 
     def _ensure_loaded(self, key: Key, revision: int) -> None:
         if key in self._loaded or self._failed_at.get(key) == revision:
@@ -172,7 +196,11 @@ class DeploymentManager:
         if production is None and name in self._active:
             production = self._active[name].production  # the wanted version failed: keep the previous one
         canary = self._loaded.get((name, deployment.canary)) if deployment.canary else None
-        return ActiveModel(name, production, canary, deployment.canary_share if canary else 0.0)
+        shadow_version = self._shadow_version(deployment)
+        shadow = self._loaded.get((name, shadow_version)) if shadow_version is not None else None
+        if shadow is not None and shadow is production:
+            shadow = None  # the previous production kept serving and is the shadow's version: no comparison
+        return ActiveModel(name, production, canary, deployment.canary_share if canary else 0.0, shadow)
 
     def _publish(self) -> None:
         serving = []
@@ -181,6 +209,8 @@ class DeploymentManager:
                 serving.append((entry.name, str(entry.production.version), "production"))
             if entry.canary is not None:
                 serving.append((entry.name, str(entry.canary.version), "canary"))
+            if entry.shadow is not None and entry.shadow is not entry.canary:
+                serving.append((entry.name, str(entry.shadow.version), "shadow"))
         self.metrics.set_serving(serving, {name: e.canary_share for name, e in self._active.items()})
 
     # Requests --------------------------------------------------------------------------------------------
@@ -203,6 +233,11 @@ class DeploymentManager:
         if entry.production is None:
             raise Unavailable(f"model {name!r} is not loaded yet (or failed to load)", "model_not_loaded")
         return entry.production, "production"
+
+    def shadow_of(self, name: str) -> ServedModel | None:
+        """The version production requests of model `name` are copied to now, if any."""
+        entry = self._active.get(name)
+        return entry.shadow if entry is not None else None
 
     def default_name(self, active: dict[str, ActiveModel] | None = None) -> str:
         active = self._active if active is None else active

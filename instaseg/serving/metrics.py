@@ -6,8 +6,9 @@ metrics (start time, resident memory, CPU), which the restart / OOM alerts of `i
 Latency quantiles come from the histograms, e.g.
 `histogram_quantile(0.95, sum by (le, version) (rate(instaseg_request_seconds_bucket[5m])))`.
 
-`RollingSummary` keeps the last requests of one model version in memory for a quick canary-versus-production
-comparison in `GET /v1/models/{name}`.
+`RollingSummary` keeps the last outcomes of one model version in memory (its requests, and its shadow calls
+with their agreement with production): the sliding window that the automatic canary analysis
+(`instaseg.serving.canary`) compares and `GET /v1/models/{name}` shows as `live`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import (
@@ -34,6 +36,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _INSTANCE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_COUNT_DIFFERENCE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100)
 _PIXEL_BUCKETS = tuple(float(side * side) for side in (64, 128, 256, 512, 1024, 2048, 4096, 8192))
 
 
@@ -122,12 +126,42 @@ class ServingMetrics:
             ("model",),
             registry=self.registry,
         )
-        # Defined for the alerting rules and the dashboard; nothing increments it yet: the automatic canary
-        # analysis of issue #20 part 2 will, once per canary it rolls back (reason: error_rate, latency, ...).
         self.canary_rollbacks = Counter(
             "instaseg_canary_rollbacks",
-            "Canaries rolled back automatically, by reason (none yet: automatic rollback is still to come)",
+            "Canaries this replica rolled back automatically, by reason (error_rate, latency, agreement)",
             ("model", "version", "reason"),
+            registry=self.registry,
+        )
+        self.canary_promotions = Counter(
+            "instaseg_canary_promotions",
+            "Canaries this replica promoted automatically after enough healthy requests",
+            model,
+            registry=self.registry,
+        )
+        self.shadow_requests = Counter(
+            "instaseg_shadow_requests",
+            "Images of production requests also run on the shadow version and compared (its version)",
+            model,
+            registry=self.registry,
+        )
+        self.shadow_skipped = Counter(
+            "instaseg_shadow_skipped",
+            "Images meant for the shadow version but skipped because too many shadow calls were pending",
+            model,
+            registry=self.registry,
+        )
+        self.shadow_agreement = Histogram(
+            "instaseg_shadow_agreement",
+            "Per image: matched-instance mask IoU of the shadow version's instances with production's",
+            model,
+            buckets=_AGREEMENT_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_count_difference = Histogram(
+            "instaseg_shadow_count_difference",
+            "Per image: |instances of the shadow version - instances of production|",
+            model,
+            buckets=_COUNT_DIFFERENCE_BUCKETS,
             registry=self.registry,
         )
         ProcessCollector(registry=self.registry)
@@ -150,6 +184,21 @@ class ServingMetrics:
         histogram = self.scores.labels(model, version)
         for score in scores:
             histogram.observe(score)
+
+    def observe_shadow(self, model: str, version: str, agreement: float, count_difference: int) -> None:
+        """One image compared between the shadow version (`model`, `version`) and production."""
+        self.shadow_requests.labels(model, version).inc()
+        self.shadow_agreement.labels(model, version).observe(agreement)
+        self.shadow_count_difference.labels(model, version).observe(count_difference)
+
+    def shadow_skip(self, model: str, version: str) -> None:
+        self.shadow_skipped.labels(model, version).inc()
+
+    def canary_rolled_back(self, model: str, version: str, reason: str) -> None:
+        self.canary_rollbacks.labels(model, version, reason).inc()
+
+    def canary_promoted(self, model: str, version: str) -> None:
+        self.canary_promotions.labels(model, version).inc()
 
     def error(self, kind: str, model: str = "", version: str = "") -> None:
         self.errors.labels(kind, model, version).inc()
@@ -174,19 +223,46 @@ class ServingMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    seconds: float
+    ok: bool
+    mean_score: float | None
+    agreement: float | None
+    shadow: bool
+
+
 class RollingSummary:
-    """The last `size` requests of one model version: latency, success, mean instance score."""
+    """The last `size` outcomes of one model version: its requests (latency from arrival to answer) and, for
+    a shadow version, its shadow calls (latency from queueing the image to the result, with the agreement
+    with production when the call succeeded). `total` counts every outcome since the version was loaded."""
 
     def __init__(self, size: int = 1000) -> None:
-        self._items: deque[tuple[float, bool, float | None]] = deque(maxlen=size)
+        self._items: deque[_Outcome] = deque(maxlen=size)
         self._lock = threading.Lock()
+        self._total = 0
 
-    def add(self, seconds: float, ok: bool, mean_score: float | None = None) -> None:
+    def add(
+        self,
+        seconds: float,
+        ok: bool,
+        mean_score: float | None = None,
+        agreement: float | None = None,
+        shadow: bool = False,
+    ) -> None:
         with self._lock:
-            self._items.append((seconds, ok, mean_score))
+            self._items.append(_Outcome(seconds, ok, mean_score, agreement, shadow))
+            self._total += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._total
 
     def summary(self) -> dict[str, float | int | None]:
-        """requests, errors, error_rate, latency_p50_ms, latency_p95_ms, mean_score (None when unknown)."""
+        """requests (outcomes in the window, shadow calls included), errors, error_rate, latency_p50_ms,
+        latency_p95_ms, mean_score, shadow_requests, agreements (how many were measured), agreement (their
+        mean); None where unknown."""
         with self._lock:
             items = list(self._items)
         if not items:
@@ -197,10 +273,14 @@ class RollingSummary:
                 "latency_p50_ms": None,
                 "latency_p95_ms": None,
                 "mean_score": None,
+                "shadow_requests": 0,
+                "agreements": 0,
+                "agreement": None,
             }
-        seconds = np.array([item[0] for item in items])
-        errors = sum(not item[1] for item in items)
-        scores = [item[2] for item in items if item[2] is not None]
+        seconds = np.array([item.seconds for item in items])
+        errors = sum(not item.ok for item in items)
+        scores = [item.mean_score for item in items if item.mean_score is not None]
+        agreements = [item.agreement for item in items if item.agreement is not None]
         return {
             "requests": len(items),
             "errors": errors,
@@ -208,4 +288,7 @@ class RollingSummary:
             "latency_p50_ms": float(np.percentile(seconds, 50) * 1000),
             "latency_p95_ms": float(np.percentile(seconds, 95) * 1000),
             "mean_score": float(np.mean(scores)) if scores else None,
+            "shadow_requests": sum(item.shadow for item in items),
+            "agreements": len(agreements),
+            "agreement": float(np.mean(agreements)) if agreements else None,
         }

@@ -1,6 +1,7 @@
 """What `GET /v1/models` reports: each registered model's versions from the registry, joined with what this
-process has loaded (state, live latency / error / score summary for comparing a canary with production), and
-each version's latest golden-set quality-gate decision."""
+process has loaded (state, live latency / error / score / shadow-agreement window for comparing a canary with
+production), each version's latest golden-set quality-gate decision and its latest automatic canary decision
+(`canary.py`: rolled back, promoted, promotion refused), and the version this process shadows."""
 
 from __future__ import annotations
 
@@ -30,9 +31,12 @@ def _model(registry: ModelRegistry, deployments: DeploymentManager, config: Serv
     loaded = {}
     if active is not None:
         loaded = {
-            served.version: served for served in (active.production, active.canary) if served is not None
+            served.version: served
+            for served in (active.production, active.canary, active.shadow)
+            if served is not None
         }
     gates = registry.quality_gates(name)
+    canary_decisions = registry.canary_decisions(name)
     versions = []
     for entry in registry.versions(name):
         if entry.version == deployment.production:
@@ -56,6 +60,7 @@ def _model(registry: ModelRegistry, deployments: DeploymentManager, config: Serv
                 "sha256": entry.sha256,
                 "live": served.summary.summary() if served is not None else None,
                 "quality_gate": gates.get(entry.version),
+                "canary_decision": canary_decisions.get(entry.version),
             }
         )
     limits = config.limits
@@ -64,6 +69,7 @@ def _model(registry: ModelRegistry, deployments: DeploymentManager, config: Serv
         "production_version": deployment.production,
         "canary_version": deployment.canary,
         "canary_share": deployment.canary_share,
+        "shadow_version": active.shadow.version if active is not None and active.shadow is not None else None,
         "input_limits": {
             "max_body_bytes": limits.max_body_bytes,
             "max_image_pixels": limits.max_image_pixels,

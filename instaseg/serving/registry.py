@@ -91,6 +91,12 @@ _QUALITY_SCHEMA = (
     "result TEXT NOT NULL, decided_at TEXT NOT NULL, PRIMARY KEY (name, version))",
     "INSERT INTO meta VALUES ('quality_tables', 1) ON CONFLICT DO NOTHING",
 )
+# The automatic canary analysis's decisions (instaseg.serving.canary), one per version, made the same way.
+_CANARY_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS canary_decisions (name TEXT NOT NULL, version INTEGER NOT NULL, "
+    "result TEXT NOT NULL, decided_at TEXT NOT NULL, PRIMARY KEY (name, version))",
+    "INSERT INTO meta VALUES ('canary_tables', 1) ON CONFLICT DO NOTHING",
+)
 
 
 class RegistryError(ValueError):
@@ -321,13 +327,7 @@ class ModelRegistry:
                     )
                 version = current.canary
             self._check_version(db, name, version)
-            if version != current.production:
-                self._push_production(db, name, version)
-            db.execute(
-                "UPDATE deployments SET canary_version = NULL, canary_share = 0, updated_at = ? "
-                "WHERE name = ?",
-                (_now(), name),
-            )
+            self._promote(db, name, version, current)
             self._bump(db)
             return self._deployment(db, name)
 
@@ -336,11 +336,7 @@ class ModelRegistry:
         with self._transaction() as db:
             current = self._deployment(db, name)
             if current.canary is not None:
-                db.execute(
-                    "UPDATE deployments SET canary_version = NULL, canary_share = 0, updated_at = ? "
-                    "WHERE name = ?",
-                    (_now(), name),
-                )
+                self._clear_canary(db, name)
             else:
                 if len(current.history) < 2:
                     raise RegistryError(
@@ -397,25 +393,60 @@ class ModelRegistry:
         """Store the latest quality-gate decision on `version` of `name` (`golden.GateDecision.to_dict()`)."""
         with self._transaction() as db:
             self._check_version(db, name, version)
-            for statement in _QUALITY_SCHEMA:
-                db.execute(statement)
-            db.execute(
-                "INSERT INTO quality_gates VALUES (?, ?, ?, ?) ON CONFLICT (name, version) DO UPDATE SET "
-                "result = excluded.result, decided_at = excluded.decided_at",
-                (name, version, json.dumps(result), _now()),
-            )
+            _store_version_result(db, _QUALITY_SCHEMA, "quality_gates", name, version, result)
 
     def quality_gates(self, name: str) -> dict[int, dict[str, Any]]:
         """The latest quality-gate decision of each version of `name` that went through the gate."""
-        with self._connect() as db:
-            if not self._has_quality_tables(db):
-                return {}
-            rows = db.execute("SELECT version, result FROM quality_gates WHERE name = ?", (name,)).fetchall()
-        return {int(version): json.loads(result) for version, result in rows}
+        return self._version_results("quality_tables", "quality_gates", name)
 
     @staticmethod
     def _has_quality_tables(db: Any) -> bool:
         return db.execute("SELECT 1 FROM meta WHERE key = 'quality_tables'").fetchone() is not None
+
+    # Automatic canary decisions (instaseg.serving.canary) ------------------------------------------------
+
+    def rollback_canary(self, name: str, version: int, decision: dict[str, Any]) -> bool:
+        """End the canary of `name` if it still is `version` (production is never touched) and store
+        `decision` with it, in one transaction. False, changing nothing, when `version` is no longer the
+        canary (another replica or an operator changed the deployment first)."""
+        return self._decide_canary(name, version, decision, promote=False)
+
+    def promote_canary(self, name: str, version: int, decision: dict[str, Any]) -> bool:
+        """Make the canary `version` of `name` production if it still is the canary, storing `decision`;
+        False, changing nothing, otherwise."""
+        return self._decide_canary(name, version, decision, promote=True)
+
+    def record_canary_decision(self, name: str, version: int, decision: dict[str, Any]) -> None:
+        """Store a canary decision that changes no deployment (a promotion the golden-set gate refused)."""
+        with self._transaction() as db:
+            self._check_version(db, name, version)
+            _store_version_result(db, _CANARY_SCHEMA, "canary_decisions", name, version, decision)
+
+    def canary_decisions(self, name: str) -> dict[int, dict[str, Any]]:
+        """The latest automatic canary decision on each version of `name` that had one."""
+        return self._version_results("canary_tables", "canary_decisions", name)
+
+    def _version_results(self, flag: str, table: str, name: str) -> dict[int, dict[str, Any]]:
+        """version -> stored JSON result of `table` (`quality_gates`, `canary_decisions`) for `name`; empty
+        while the `meta` row `flag` says the table was never created (readers never create it)."""
+        with self._connect() as db:
+            if db.execute("SELECT 1 FROM meta WHERE key = ?", (flag,)).fetchone() is None:
+                return {}
+            rows = db.execute(f"SELECT version, result FROM {table} WHERE name = ?", (name,)).fetchall()
+        return {int(version): json.loads(result) for version, result in rows}
+
+    def _decide_canary(self, name: str, version: int, decision: dict[str, Any], promote: bool) -> bool:
+        with self._transaction() as db:
+            current = self._deployment(db, name)
+            if current.canary != version:
+                return False
+            if promote:
+                self._promote(db, name, version, current)
+            else:
+                self._clear_canary(db, name)
+            _store_version_result(db, _CANARY_SCHEMA, "canary_decisions", name, version, decision)
+            self._bump(db)
+            return True
 
     # Internals -------------------------------------------------------------------------------------------
 
@@ -496,6 +527,19 @@ class ModelRegistry:
             history=history,
         )
 
+    def _promote(self, db: Any, name: str, version: int, current: Deployment) -> None:
+        """`version` on top of the production stack (unless it is there already); the canary is cleared."""
+        if version != current.production:
+            self._push_production(db, name, version)
+        self._clear_canary(db, name)
+
+    @staticmethod
+    def _clear_canary(db: Any, name: str) -> None:
+        db.execute(
+            "UPDATE deployments SET canary_version = NULL, canary_share = 0, updated_at = ? WHERE name = ?",
+            (_now(), name),
+        )
+
     def _push_production(self, db: Any, name: str, version: int) -> None:
         row = db.execute("SELECT MAX(seq) FROM production_history WHERE name = ?", (name,)).fetchone()
         db.execute(
@@ -564,6 +608,19 @@ def _copy_hashed(source: Path, folder: Path) -> tuple[str, str]:
         Path(staged).unlink(missing_ok=True)
         raise
     return staged, digest.hexdigest()
+
+
+def _store_version_result(
+    db: Any, schema: tuple[str, ...], table: str, name: str, version: int, result: dict[str, Any]
+) -> None:
+    """Create `table` with `schema` if needed and store `result` as the latest one of (`name`, `version`)."""
+    for statement in schema:
+        db.execute(statement)
+    db.execute(
+        f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT (name, version) DO UPDATE SET "
+        "result = excluded.result, decided_at = excluded.decided_at",
+        (name, version, json.dumps(result), _now()),
+    )
 
 
 def _now() -> str:

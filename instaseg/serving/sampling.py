@@ -16,6 +16,7 @@ temporary file and renamed into place.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -26,6 +27,7 @@ from instaseg.io.atomic import atomic_write
 
 __all__ = ["PredictionSampler"]
 
+_log = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"^predictions-(\d{6})\.jsonl$")
 IMAGE_FOLDER = "images"
 
@@ -95,6 +97,16 @@ class PredictionSampler:
             self._total += len(line)
             if self._total > self.max_bytes:
                 self._enforce_cap()
+
+    def try_write(self, record: dict, data: bytes | None = None, extension: str = "bin") -> bool:
+        """`write`, but a failure is logged as a warning and returns False: the debugging log must never
+        fail a prediction (the caller counts the failure)."""
+        try:
+            self.write(record, data, extension)
+        except OSError as exc:
+            _log.warning("could not write the sampled prediction log in %s: %s", self.folder, exc)
+            return False
+        return True
 
     def _segment_path(self) -> Path:
         return self.folder / f"predictions-{self._segment:06d}.jsonl"

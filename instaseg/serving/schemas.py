@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from instaseg.structures.instances import Instances
+
 MaskFormat = Literal["rle", "polygon"]
 Role = Literal["production", "canary"]
 
@@ -149,14 +151,20 @@ class CategoryOut(BaseModel):
 
 
 class LiveStats(BaseModel):
-    """The last requests served by this version in this process (compare a canary with production)."""
+    """The last outcomes of this version in this process: the window the automatic canary analysis compares
+    (requests served, and shadow calls for a shadow version)."""
 
-    requests: int
+    requests: int = Field(..., description="outcomes in the window, shadow calls included")
     errors: int
     error_rate: float | None
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     mean_score: float | None
+    shadow_requests: int = Field(..., description="of `requests`, the shadow calls (copies of production's)")
+    agreements: int = Field(..., description="shadow calls compared with production")
+    agreement: float | None = Field(
+        ..., description="their mean matched-instance mask IoU with production (None: none compared)"
+    )
 
 
 class ModelVersionOut(BaseModel):
@@ -175,6 +183,9 @@ class ModelVersionOut(BaseModel):
     live: LiveStats | None = None
     # The latest golden-set quality-gate decision on this version (`golden.GateDecision`), if it had one.
     quality_gate: dict[str, Any] | None = None
+    # The latest automatic canary decision on this version (`canary.CanaryDecision`: rolled_back with the
+    # breached limit, promoted, promotion_refused), if the canary analysis made one.
+    canary_decision: dict[str, Any] | None = None
 
 
 class InputLimits(BaseModel):
@@ -189,6 +200,9 @@ class ModelOut(BaseModel):
     production_version: int | None
     canary_version: int | None
     canary_share: float
+    shadow_version: int | None = Field(
+        None, description="the version a share of production requests is copied to here (shadow traffic)"
+    )
     input_limits: InputLimits
     versions: list[ModelVersionOut]
 
@@ -223,3 +237,38 @@ class ReadyResponse(BaseModel):
     ready: bool
     reason: str | None = None
     models: list[ReadyModel]
+
+
+def instances_to_json(instances: Instances, class_names: dict[int, str], mask_format: str) -> list[dict]:
+    """Instances (category-id labels) -> the API's instance objects; masks as COCO RLE or polygons."""
+    if len(instances) == 0:
+        return []
+    height, width = instances.image_size
+    boxes = instances.boxes.detach().float().cpu().tolist()
+    labels = instances.labels.cpu().tolist()
+    scores = instances.scores.detach().float().cpu().tolist()
+    areas = instances.masks.area().cpu().tolist()
+    if mask_format == "polygon":
+        masks = [{"format": "polygon", "polygons": parts} for parts in instances.masks.polygons()]
+    else:
+        masks = [
+            {"format": "rle", "size": [height, width], "counts": rle["counts"]}
+            for rle in instances.masks.rles()
+        ]
+    names = [class_names.get(label, str(label)) for label in labels]
+    return [
+        # class_id / class_name: the old names of category_id / category_name, kept for one release.
+        {
+            "category_id": label,
+            "category_name": name,
+            "score": score,
+            "box": box,
+            "area": int(area),
+            "mask": mask,
+            "class_id": label,
+            "class_name": name,
+        }
+        for label, name, score, box, area, mask in zip(
+            labels, names, scores, boxes, areas, masks, strict=True
+        )
+    ]

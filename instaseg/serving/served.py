@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from instaseg.export.onnx_export import model_source_for_backend
-from instaseg.inference.postprocess import PostprocessOptions
+from instaseg.inference.postprocess import PostprocessOptions, postprocess
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.tiling import TilingOptions
 from instaseg.io.files import file_sha256
@@ -74,7 +74,7 @@ class ServedModel:
             if entry.reference is not None
             else None
         )
-        self.summary = RollingSummary()
+        self.summary = RollingSummary(config.canary.window_requests)
         self._batcher: DynamicBatcher[ImageJob, Instances] = DynamicBatcher(
             self._run_batch,
             window_s=config.batching.window_ms / 1000.0,
@@ -142,6 +142,18 @@ class ServedModel:
     def mask_threshold(self) -> float:
         """The mask probability this version's masks are cut at (the operating point's, else 0.5)."""
         return float(self._predictor.postprocess_options.mask_threshold)
+
+    def answer(
+        self, raw: Instances, score_threshold: float | None, max_detections: int
+    ) -> tuple[Instances, PostprocessOptions]:
+        """What this version returns for a request: its `raw` batch result cut at the request's score
+        threshold (None: this version's operating point) and detection limit, without the extra fields (the
+        predictor already turned `mask_logits` into masks); also the resolved thresholds."""
+        thresholds = PostprocessOptions(
+            score_threshold=score_threshold, max_detections=max_detections
+        ).resolved(self.operating_point)
+        bare = Instances(raw.image_size, raw.boxes, raw.labels, raw.scores, raw.masks)
+        return postprocess(bare, thresholds), thresholds
 
     @property
     def pending(self) -> int:

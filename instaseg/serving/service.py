@@ -1,9 +1,10 @@
 """The prediction path of one request, between HTTP (app.py) and the model (served.py).
 
 route to a model version -> decode and check each image (limits.py) -> queue it for the dynamic batcher ->
-wait, within the request's timeout -> per-request post-processing (`instaseg.inference.postprocess`) ->
-instances as JSON (COCO RLE via `instaseg.structures.masks`, or polygons) -> metrics, drift window,
-sampled log.
+wait, within the request's timeout -> per-request post-processing (`ServedModel.answer`) -> instances as
+JSON (COCO RLE via `instaseg.structures.masks`, or polygons) -> metrics, drift window, sampled log -> the
+version's outcome window (and, for a canary, a check by the canary analysis, `canary.py`) -> for a share of
+production requests, a copy to the model's shadow version (`shadow.py`), after the answer is ready.
 
 Blocking steps (decoding, post-processing, encoding) run in worker threads so the event loop keeps accepting
 requests; the model runs in the batcher's own thread.
@@ -15,13 +16,13 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from instaseg.inference.postprocess import PostprocessOptions, postprocess
 from instaseg.io.images import to_tensor
 from instaseg.serving.batching import BatcherClosed, BatchResult, QueueFull
 from instaseg.serving.config import ServingConfig
@@ -31,8 +32,9 @@ from instaseg.serving.errors import Unavailable
 from instaseg.serving.limits import DecodedImage, decode_image_bytes
 from instaseg.serving.metrics import ServingMetrics
 from instaseg.serving.sampling import PredictionSampler
-from instaseg.serving.schemas import PredictOptions
+from instaseg.serving.schemas import PredictOptions, instances_to_json
 from instaseg.serving.served import ImageJob, ServedModel
+from instaseg.serving.shadow import ShadowImage, ShadowRunner
 from instaseg.structures.instances import Instances
 
 __all__ = ["InferenceService", "RawImage", "Served"]
@@ -73,7 +75,11 @@ class _Prepared:
 
 
 class InferenceService:
-    """Runs predictions for the HTTP layer; owns nothing but wiring (models, metrics, drift, log)."""
+    """Runs predictions for the HTTP layer; owns nothing but wiring (models, metrics, drift, log, shadow).
+
+    `shadow` copies a share of production requests to each model's shadow version; `on_canary_outcome(name)`
+    is called after every outcome of a canary (the canary analysis' trigger).
+    """
 
     def __init__(
         self,
@@ -81,11 +87,15 @@ class InferenceService:
         deployments: DeploymentManager,
         metrics: ServingMetrics,
         sampler: PredictionSampler | None = None,
+        shadow: ShadowRunner | None = None,
+        on_canary_outcome: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.deployments = deployments
         self.metrics = metrics
         self.sampler = sampler
+        self.shadow = shadow
+        self._on_canary_outcome = on_canary_outcome
         self._drift_alarms: set[tuple[str, int, str]] = set()
         self._drift_lock = threading.Lock()
 
@@ -114,10 +124,18 @@ class InferenceService:
             )
         )
         scores = [i["score"] for output in outputs for i in output["instances"]]
-        served.model.summary.add(
-            time.perf_counter() - started, True, float(np.mean(scores)) if scores else None
-        )
+        self._outcome(served, started, True, float(np.mean(scores)) if scores else None)
+        shadow = self.deployments.shadow_of(served.model.name) if self.shadow is not None else None
+        if shadow is not None and served.role == "production":
+            images = [ShadowImage(p.job, r, p.decoded) for p, r in zip(prepared, results, strict=True)]
+            self.shadow.offer(served.model, shadow, images, options, route)
         return served, list(outputs)
+
+    def _outcome(self, served: Served, started: float, ok: bool, mean_score: float | None = None) -> None:
+        """Add a finished request to its version's window; a canary's is then checked by the analysis."""
+        served.model.summary.add(time.perf_counter() - started, ok, mean_score)
+        if served.role == "canary" and self._on_canary_outcome is not None:
+            self._on_canary_outcome(served.model.name)
 
     async def _wait(self, served: Served, futures: list, started: float) -> list[BatchResult[Instances]]:
         """The batch results of this request's images, or `Unavailable` (timeout, model failure)."""
@@ -129,7 +147,7 @@ class InferenceService:
         except asyncio.TimeoutError:
             for future in futures:
                 future.cancel()  # queued images of this request are skipped by the batcher
-            served.model.summary.add(time.perf_counter() - started, False)
+            self._outcome(served, started, False)
             raise Unavailable(
                 f"no answer from model {served.model.name} v{served.model.version} within the request "
                 "timeout "
@@ -139,7 +157,7 @@ class InferenceService:
         except Exception as exc:
             for future in futures:
                 future.cancel()
-            served.model.summary.add(time.perf_counter() - started, False)
+            self._outcome(served, started, False)
             # The exception's text stays in the server log (the batcher logs it): it names internals.
             raise Unavailable(
                 f"model {served.model.name} v{served.model.version} failed on this request "
@@ -164,13 +182,11 @@ class InferenceService:
         started: float,
     ) -> dict:
         began = time.perf_counter()
-        instances = _without_fields(result.value)
         # A request that sets no score threshold gets the model's operating point (its masks were cut at
         # the operating point's mask threshold by the served predictor).
-        thresholds = PostprocessOptions(
-            score_threshold=options.score_threshold, max_detections=options.max_detections
-        ).resolved(served.model.operating_point)
-        instances = postprocess(instances, thresholds)
+        instances, thresholds = served.model.answer(
+            result.value, options.score_threshold, options.max_detections
+        )
         body_instances = instances_to_json(instances, served.model.class_names, options.mask_format)
         scores = [item["score"] for item in body_instances]
         height, width = prepared.decoded.size
@@ -245,10 +261,7 @@ class InferenceService:
             "format": decoded.format,
             **body,
         }
-        try:
-            self.sampler.write(record, decoded.data, decoded.format)
-        except OSError as exc:  # the debugging log must never fail a prediction; it is counted and logged
-            _log.warning("could not write the sampled prediction log in %s: %s", self.sampler.folder, exc)
+        if not self.sampler.try_write(record, decoded.data, decoded.format):
             self.metrics.error("sampling_write", *served.labels)
 
 
@@ -265,45 +278,3 @@ def _submit_all(model: ServedModel, jobs: list[ImageJob]) -> list:
             raise Unavailable(f"the service is overloaded: {exc}; retry later", "overloaded") from None
         raise
     return futures
-
-
-def _without_fields(instances: Instances) -> Instances:
-    """The same instances without extra fields: the predictor already turned `mask_logits` into masks."""
-    return Instances(
-        instances.image_size, instances.boxes, instances.labels, instances.scores, instances.masks
-    )
-
-
-def instances_to_json(instances: Instances, class_names: dict[int, str], mask_format: str) -> list[dict]:
-    """Instances (category-id labels) -> the API's instance objects; masks as COCO RLE or polygons."""
-    if len(instances) == 0:
-        return []
-    height, width = instances.image_size
-    boxes = instances.boxes.detach().float().cpu().tolist()
-    labels = instances.labels.cpu().tolist()
-    scores = instances.scores.detach().float().cpu().tolist()
-    areas = instances.masks.area().cpu().tolist()
-    if mask_format == "polygon":
-        masks = [{"format": "polygon", "polygons": parts} for parts in instances.masks.polygons()]
-    else:
-        masks = [
-            {"format": "rle", "size": [height, width], "counts": rle["counts"]}
-            for rle in instances.masks.rles()
-        ]
-    names = [class_names.get(label, str(label)) for label in labels]
-    return [
-        # class_id / class_name: the old names of category_id / category_name, kept for one release.
-        {
-            "category_id": label,
-            "category_name": name,
-            "score": score,
-            "box": box,
-            "area": int(area),
-            "mask": mask,
-            "class_id": label,
-            "class_name": name,
-        }
-        for label, name, score, box, area, mask in zip(
-            labels, names, scores, boxes, areas, masks, strict=True
-        )
-    ]

@@ -317,7 +317,7 @@ def _service_alerts(
             0,
             "ticket",
             "{{ $labels.model }} v{{ $labels.version }}: canary rolled back ({{ $labels.reason }})",
-            "model-regression",
+            "canary-rolled-back",
         ),
         *production,
     ]

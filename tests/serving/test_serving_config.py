@@ -76,3 +76,50 @@ def test_command_line_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         serving_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="port must lie in"):
         ServingConfig(registry="r", port=70000)
+
+
+def test_shadow_and_canary_sections(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+registry: r
+shadow: {share: 0.25, versions: {nuclei: 4}, max_pending: 4}
+canary: {enabled: true, window_requests: 200, min_requests: 20, max_p95_ratio: 2, auto_promote_after: 500}
+""",
+    )
+    config = load_serving_config(path)
+    assert config.shadow.share == 0.25 and config.shadow.versions == {"nuclei": 4}
+    assert (
+        config.canary.enabled
+        and config.canary.max_p95_ratio == 2.0
+        and config.canary.auto_promote_after == 500
+    )
+    assert config.canary.max_error_rate_increase == 0.02 and config.canary.min_agreement == 0.7  # defaults
+    defaults = ServingConfig(registry="r")
+    assert (
+        defaults.shadow.share == 0.0
+        and not defaults.canary.enabled
+        and defaults.canary.auto_promote_after == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("shadow: {share: 2}", "shadow.share must lie in \\[0, 1\\]"),
+        ("shadow: {versions: {nuclei: 0}}", "shadow.versions.nuclei must be a version number"),
+        ("shadow: {versions: {nuclei: canary}}", "config key 'shadow.versions.nuclei' must be an integer"),
+        ("shadow: {max_pending: 0}", "shadow.max_pending must be >= 1"),
+        ("canary: {min_requests: 50, window_requests: 10}", "1 <= min_requests <= window_requests"),
+        ("canary: {max_error_rate_ratio: 2}", "config key 'canary.max_error_rate_ratio' is unknown"),
+        ("canary: {max_p95_ratio: 0.5}", "canary.max_p95_ratio must be >= 1"),
+        ("canary: {min_agreement: 1.5}", "canary.min_agreement must lie in \\[0, 1\\]"),
+        ("canary: {auto_promote_after: 100}", "canary.auto_promote_after needs canary.enabled"),
+        ("canary: {enabled: true, auto_promote_after: 10}", "must be 0 or >= canary.min_requests \\(50\\)"),
+    ],
+)
+def test_shadow_and_canary_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, f"registry: r\n{text}")
+    with pytest.raises(ConfigError, match=message) as error:
+        load_serving_config(path)
+    assert str(path) in str(error.value)

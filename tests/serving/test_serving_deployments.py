@@ -152,3 +152,35 @@ def test_follower_thread_notices_registry_changes(registry: ModelRegistry) -> No
     finally:
         manager.stop()
     assert manager.active() == {}
+
+
+def test_a_configured_shadow_version_is_loaded_published_and_unloaded(registry: ModelRegistry) -> None:
+    loader = Loader()
+    metrics = ServingMetrics()
+    manager = DeploymentManager(registry, loader, metrics, shadow_versions={"nuclei": 3})
+    manager.sync()
+    shadow = manager.shadow_of("nuclei")
+    assert (shadow.name, shadow.version) == ("nuclei", 3) and manager.shadow_of("cells") is None
+    assert {manager.route("nuclei")[0].version for _ in range(50)} == {1}  # no traffic of its own
+    loaded = b'instaseg_model_loaded{model="nuclei",role="shadow",version="3"} 1.0'
+    assert loaded in metrics.render()[0]
+    registry.set_canary("nuclei", 2, 0.5)  # the named version stays the shadow; the canary is beside it
+    manager.sync()
+    assert manager.shadow_of("nuclei") is shadow and manager.active()["nuclei"].canary.version == 2
+    registry.promote("nuclei", 3)  # the shadow became production: nothing left to compare with
+    manager.sync()
+    assert manager.shadow_of("nuclei") is None and not shadow.closed  # it serves now, as production
+    assert loaded not in metrics.render()[0]
+
+
+def test_without_a_named_version_the_canary_is_the_shadow(registry: ModelRegistry) -> None:
+    manager = DeploymentManager(registry, Loader(), ServingMetrics(), shadow_versions={})
+    manager.sync()
+    assert manager.shadow_of("nuclei") is None  # no canary: nothing to shadow
+    registry.set_canary("nuclei", 2, 0.0)
+    manager.sync()
+    assert manager.shadow_of("nuclei") is manager.active()["nuclei"].canary
+    assert manager.shadow_of("nuclei").version == 2
+    without = DeploymentManager(registry, Loader(), ServingMetrics())  # shadow traffic off
+    without.sync()
+    assert without.active()["nuclei"].canary.version == 2 and without.shadow_of("nuclei") is None

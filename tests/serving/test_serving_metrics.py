@@ -83,3 +83,39 @@ def test_rolling_summary_for_canary_comparison() -> None:
     assert result["requests"] == 4 and result["errors"] == 1 and result["error_rate"] == 0.25
     assert result["latency_p50_ms"] == pytest.approx(250.0)
     assert result["mean_score"] == pytest.approx(0.7)
+
+
+def test_rolling_summary_counts_shadow_calls_and_their_agreement() -> None:
+    summary = RollingSummary(size=3)
+    summary.add(0.1, True, 0.9)  # a request
+    summary.add(0.2, True, 0.8, agreement=0.5, shadow=True)
+    summary.add(0.3, False, shadow=True)  # a failed shadow call: no agreement
+    summary.add(0.4, True, 0.7, agreement=0.9, shadow=True)
+    result = summary.summary()  # the request fell out of the window of 3
+    assert summary.total == 4 and result["requests"] == 3 and result["shadow_requests"] == 3
+    assert result["errors"] == 1 and result["agreements"] == 2 and result["agreement"] == pytest.approx(0.7)
+    empty = RollingSummary().summary()
+    assert (empty["shadow_requests"], empty["agreements"], empty["agreement"]) == (0, 0, None)
+
+
+def test_shadow_and_canary_decision_metrics() -> None:
+    metrics = ServingMetrics()
+    metrics.observe_shadow("nuclei", "3", 0.85, 2)
+    metrics.observe_shadow("nuclei", "3", 0.35, 0)
+    metrics.shadow_skip("nuclei", "3")
+    metrics.canary_rolled_back("nuclei", "3", "agreement")
+    metrics.canary_promoted("nuclei", "4")
+    found = samples(metrics)
+    version = (("model", "nuclei"), ("version", "3"))
+    assert found[("instaseg_shadow_requests_total", version)] == 2
+    assert found[("instaseg_shadow_skipped_total", version)] == 1
+    assert found[("instaseg_shadow_agreement_bucket", (("le", "0.4"), *version))] == 1
+    assert found[("instaseg_shadow_agreement_sum", version)] == pytest.approx(1.2)
+    assert found[("instaseg_shadow_count_difference_bucket", (("le", "0.0"), *version))] == 1
+    assert found[("instaseg_shadow_count_difference_sum", version)] == 2
+    rollbacks = (
+        "instaseg_canary_rollbacks_total",
+        (("model", "nuclei"), ("reason", "agreement"), ("version", "3")),
+    )
+    assert found[rollbacks] == 1
+    assert found[("instaseg_canary_promotions_total", (("model", "nuclei"), ("version", "4")))] == 1

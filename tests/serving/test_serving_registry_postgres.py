@@ -175,3 +175,40 @@ def test_the_cli_names_a_bad_registry_in_one_line(
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_automatic_canary_decisions_change_only_that_canary(
+    request: pytest.FixtureRequest, tmp_path: Path, checkpoint: Path, backend: str
+) -> None:
+    """Two replicas may decide on the same canary: the second finds it gone and must not roll production
+    back (what `rollback` would do without a canary); a stale promotion changes nothing either."""
+    if backend == "sqlite":
+        registry = open_registry(tmp_path / "reg")
+    else:
+        registry = _pg(request.getfixturevalue("postgres_url"), tmp_path)
+    for _ in range(3):
+        registry.register("nuclei", checkpoint, CLASSES, INFO)
+    registry.promote("nuclei", 2)
+    registry.set_canary("nuclei", 3, 0.2)
+    assert registry.canary_decisions("nuclei") == {}  # no table yet: read without creating it
+    revision = registry.revision()
+    decision = {"action": "rolled_back", "reason": "latency", "message": "p95 3x production's"}
+    assert registry.rollback_canary("nuclei", 3, decision) is True
+    deployment = registry.deployment("nuclei")
+    assert (deployment.production, deployment.canary, deployment.history) == (2, None, (1, 2))
+    assert registry.revision() == revision + 1
+    assert registry.rollback_canary("nuclei", 3, {**decision, "reason": "error_rate"}) is False
+    assert registry.deployment("nuclei").history == (1, 2) and registry.revision() == revision + 1
+    assert registry.canary_decisions("nuclei") == {3: decision}
+    registry.set_canary("nuclei", 1, 0.5)
+    assert registry.promote_canary("nuclei", 3, {"action": "promoted"}) is False  # 1 is the canary now
+    assert registry.promote_canary("nuclei", 1, {"action": "promoted"}) is True
+    assert registry.deployment("nuclei").history == (1, 2, 1)
+    registry.record_canary_decision("nuclei", 3, {"action": "promotion_refused"})
+    assert registry.canary_decisions("nuclei") == {
+        1: {"action": "promoted"},
+        3: {"action": "promotion_refused"},
+    }
+    with pytest.raises(RegistryError, match="has no version 9"):
+        registry.record_canary_decision("nuclei", 9, {})

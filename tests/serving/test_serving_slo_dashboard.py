@@ -63,7 +63,10 @@ def exported() -> dict[str, set[str]]:
     metrics.error("overloaded", "nuclei", "1")
     metrics.set_drift("nuclei", "1", {"brightness": 0.1})
     metrics.set_serving([("nuclei", "1", "production")], {"nuclei": 0.1})
-    metrics.canary_rollbacks.labels(model="nuclei", version="2", reason="error_rate").inc()
+    metrics.canary_rolled_back("nuclei", "2", "error_rate")
+    metrics.canary_promoted("nuclei", "2")
+    metrics.observe_shadow("nuclei", "2", 0.8, 1)
+    metrics.shadow_skip("nuclei", "2")
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.render()[0].decode()):
         for sample in family.samples:
@@ -145,11 +148,37 @@ def test_the_dashboard_is_well_formed() -> None:
         "Queue",
         "Drift",
         "Per-version traffic",
+        "Canary rollbacks",
         "Canary / shadow agreement",
+        "Shadow traffic",
     ):
         assert needed in titles
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert variables == {"datasource", "job", "model"}
+
+
+def test_the_canary_and_shadow_panels_query_the_analysis_metrics() -> None:
+    """The agreement panel is no placeholder: it and its neighbours read what the shadow runner and the
+    canary analysis record."""
+    queried: dict[str, set[str]] = {}
+    for title, expr in dashboard_expressions():
+        queried.setdefault(title, set()).update(selectors(expr)[0])
+    assert queried["Canary / shadow agreement"] == {
+        "instaseg_shadow_agreement_sum",
+        "instaseg_shadow_agreement_count",
+        "instaseg_shadow_agreement_bucket",
+        "instaseg_shadow_count_difference_sum",
+        "instaseg_shadow_count_difference_count",
+    }
+    assert queried["Shadow traffic"] == {
+        "instaseg_shadow_requests_total",
+        "instaseg_shadow_skipped_total",
+        "instaseg_errors_total",
+    }
+    assert queried["Canary rollbacks"] == {
+        "instaseg_canary_rollbacks_total",
+        "instaseg_canary_promotions_total",
+    }
 
 
 def test_runbooks_name_real_alerts_and_panels() -> None:
