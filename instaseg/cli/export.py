@@ -20,8 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model",
-        help="an instaseg checkpoint, a torchvision-layout state dict, or a model name (default: the bundled "
-        "nuclei model)",
+        help="an instaseg checkpoint, a torchvision-layout state dict, a model name (default: the bundled "
+        "nuclei model), or a SAM / MobileSAM checkpoint (two graphs: OUT with .encoder and .decoder before "
+        "the suffix)",
     )
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
     parser.add_argument("--out", required=True, type=Path, help="output file, e.g. model.onnx")
@@ -62,6 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from instaseg.export.onnx_export import export_model
     from instaseg.export.quantize import calibration_images, quantize_onnx
+    from instaseg.export.sam_onnx import SamExport
 
     if args.int8 == "static" and args.calibration is None:
         raise ValueError("--int8 static needs --calibration FOLDER (images like the ones the model will see)")
@@ -76,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
         input_size=tuple(args.input_size) if args.input_size else None,
         fold_batchnorm=not args.no_fold_bn,
     )
+    if isinstance(metadata, SamExport):
+        print(f"wrote {metadata.encoder} and {metadata.decoder} (SAM {metadata.arch}, opset {args.opset})")
+        if args.int8:
+            raise ValueError("--int8: SAM graphs are exported in float32 only (written above)")
+        return 0
     size = "dynamic image size" if metadata.input_size is None else f"{metadata.input_size} only"
     print(f"wrote {args.out} (opset {metadata.opset}, {size}, {metadata.num_classes - 1} classes)")
     if args.int8:

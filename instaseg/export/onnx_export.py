@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from instaseg import __version__
 from instaseg.export.condinst_export import export_condinst_onnx
+from instaseg.export.sam_onnx import SamExport, export_sam
 from instaseg.export.tracing import trace_to_onnx
 from instaseg.io.atomic import atomic_write
 from instaseg.io.files import file_sha256
@@ -41,6 +42,7 @@ from instaseg.models.onnx_metadata import (
     require_onnx,
     write_metadata,
 )
+from instaseg.models.sam.automatic_masks import SamEverythingModel
 from instaseg.models.transform import ImageBatch
 
 __all__ = [
@@ -182,10 +184,11 @@ def export_onnx(
     return metadata
 
 
-def export_model(source: str | Path | None, path: str | Path, **options: Any) -> ExportMetadata:
+def export_model(source: str | Path | None, path: str | Path, **options: Any) -> ExportMetadata | SamExport:
     """Export any PyTorch model source `load_model` accepts (a model file, a torchvision-layout state dict, a
     model name or config; None: the bundled default model) to `path`; the file's categories, operating point
-    and sha256 go into the metadata. `options` are `export_onnx`'s."""
+    and sha256 go into the metadata. `options` are `export_onnx`'s. A SAM / MobileSAM checkpoint gives its
+    encoder and decoder graphs beside `path` instead (`sam_onnx.export_sam`; only `opset` applies)."""
     source = default_model_path() if source is None else source
     if Path(source).suffix == ".onnx":
         raise ExportError(
@@ -197,9 +200,11 @@ def export_model(source: str | Path | None, path: str | Path, **options: Any) ->
         raise ExportError(
             f"cannot export {source}: its weights do not match its config: {' '.join(str(error).split())}"
         ) from None
+    if isinstance(model, SamEverythingModel):
+        return export_sam(model.sam, path, opset=options.get("opset", DEFAULT_OPSET))
     digest = file_sha256(Path(source)) if Path(source).is_file() else None
     if not isinstance(model, (MaskRCNN, CondInst)):
-        raise ExportError(f"cannot export {source}: only Mask R-CNN and CondInst models export to ONNX")
+        raise ExportError(f"cannot export {source}: only Mask R-CNN, CondInst and SAM models export to ONNX")
     return export_onnx(model, path, source=str(source), source_sha256=digest, **options)
 
 

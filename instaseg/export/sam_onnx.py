@@ -11,21 +11,33 @@
   `PromptEncoder` adds it; `decoder_inputs` builds these arrays from original-image prompts.
 
 The resize, the normalisation and the mask upsampling stay in Python on both sides (`models/sam/transforms`),
-as for the Mask R-CNN export. `check_parity` runs both graphs on ONNX Runtime against eager PyTorch.
+as for the Mask R-CNN export. `export_sam` writes both next to each other (`instaseg export --model
+mobile_sam.pt --out sam.onnx` -> `sam.encoder.onnx`, `sam.decoder.onnx`); `run_onnx` runs a graph on ONNX
+Runtime (the tests compare both with eager PyTorch).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from instaseg.io.atomic import atomic_write
 from instaseg.models.sam import Sam
 from instaseg.models.sam.prompt_encoder import PADDING_LABEL
 
-__all__ = ["SamDecoderGraph", "SamEncoderGraph", "decoder_inputs", "export_sam_decoder", "export_sam_encoder"]
+__all__ = [
+    "SamDecoderGraph",
+    "SamEncoderGraph",
+    "SamExport",
+    "decoder_inputs",
+    "export_sam",
+    "export_sam_decoder",
+    "export_sam_encoder",
+]
 
 ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
@@ -106,6 +118,23 @@ def decoder_inputs(
     return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
 
 
+@dataclass(frozen=True)
+class SamExport:
+    """The two graphs `export_sam` wrote, and the architecture they came from (`vit_t`, `vit_b`, ...)."""
+
+    encoder: Path
+    decoder: Path
+    arch: str
+
+
+def export_sam(model: Sam, path: str | Path, opset: int = 18) -> SamExport:
+    """Both graphs of `model` beside `path`: `path` with `.encoder` / `.decoder` before its suffix."""
+    path = Path(path)
+    encoder = export_sam_encoder(model, path.with_suffix(f".encoder{path.suffix}"), opset)
+    decoder = export_sam_decoder(model, path.with_suffix(f".decoder{path.suffix}"), opset)
+    return SamExport(encoder, decoder, model.arch)
+
+
 def export_sam_encoder(model: Sam, path: str | Path, opset: int = 18) -> Path:
     """Write the encoder graph of `model` to `path` (an `.onnx` file)."""
     example = torch.zeros(1, 3, model.image_size, model.image_size)
@@ -163,7 +192,8 @@ def _export(
             verbose=False,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+    with atomic_write(path) as stream:
+        stream.write(program.model_proto.SerializeToString())
     return path
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from instaseg.cli.main import main
 from instaseg.export.sam_onnx import decoder_inputs, export_sam_decoder, export_sam_encoder, run_onnx
 from instaseg.models.sam import ViTConfig, mobile_sam, sam_vit
 
@@ -80,3 +81,34 @@ def test_encoder_graph_matches_eager(tmp_path: Path) -> None:
     (embedding,) = run_onnx(path, {"image": image.numpy()})
     assert embedding.shape == (1, 256, 64, 64)
     np.testing.assert_allclose(embedding, expected.numpy(), atol=1e-3)
+
+
+def test_export_command_writes_both_graphs_of_a_sam_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    sam = sam_vit(ViTConfig(embed_dim=32, depth=1, num_heads=2, global_attn_indexes=()))
+    checkpoint = tmp_path / "sam_tiny.pth"
+    torch.save(sam.state_dict(), checkpoint)  # the official key layout
+    assert main(["export", "--model", str(checkpoint), "--out", str(tmp_path / "sam.onnx")]) == 0
+    assert "sam.encoder.onnx" in capsys.readouterr().out
+    image = sam.preprocess(torch.rand(1, 3, 512, 1024) * 255)
+    with torch.no_grad():
+        expected = sam.image_encoder(image)
+    (embedding,) = run_onnx(tmp_path / "sam.encoder.onnx", {"image": image.numpy()})
+    np.testing.assert_allclose(embedding, expected.numpy(), atol=1e-3)
+    graph_coords, graph_labels = decoder_inputs(None, None, torch.tensor([[10.0, 20.0, 300.0, 400.0]]), 1)
+    low_res, iou = run_onnx(
+        tmp_path / "sam.decoder.onnx",
+        {
+            "image_embeddings": expected.numpy(),
+            "point_coords": graph_coords.numpy(),
+            "point_labels": graph_labels.numpy(),
+            "mask_input": np.zeros((1, 1, 256, 256), dtype=np.float32),
+            "has_mask_input": np.zeros(1, dtype=np.float32),
+        },
+    )
+    assert low_res.shape == (1, 4, 256, 256) and iou.shape == (1, 4)
+    args = ["export", "--model", str(checkpoint), "--out", str(tmp_path / "q.onnx"), "--int8", "dynamic"]
+    assert main(args) == 2
+    assert "float32 only" in capsys.readouterr().err
