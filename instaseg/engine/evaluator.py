@@ -90,23 +90,26 @@ class Evaluator:
         return metrics
 
     def _panoptic_quality(self, results: list[dict]) -> dict[str, float]:
-        """`pq_PQ`, `pq_SQ`, `pq_RQ` over all classes (-1 when no class counts, e.g. nothing predicted)."""
-        if not results:
-            return {"pq_PQ": -1.0, "pq_SQ": -1.0, "pq_RQ": -1.0}
-        report, _ = evaluate(
-            self.ground_truth(),
-            results,
-            max_dets=self.max_detections,
-            min_score=PQ_MIN_SCORE,
-            metrics=["pq"],
-            gt_source=str(self.ground_truth_path),
-            results_source="validation predictions",
-        )
-        overall = report["panoptic"]["groups"]["All"]
-        return {
-            f"pq_{name}": -1.0 if overall[name] is None else float(overall[name])
-            for name in ("PQ", "SQ", "RQ")
-        }
+        """`pq_PQ`, `pq_SQ`, `pq_RQ` over all classes, `pq_things_*` over the things and `pq_stuff_*` over the
+        stuff categories (`isthing: 0`); -1 where no class counts (e.g. nothing predicted, or no stuff)."""
+        groups: dict[str, dict] = {}
+        if results:
+            report, _ = evaluate(
+                self.ground_truth(),
+                results,
+                max_dets=self.max_detections,
+                min_score=PQ_MIN_SCORE,
+                metrics=["pq"],
+                gt_source=str(self.ground_truth_path),
+                results_source="validation predictions",
+            )
+            groups = report["panoptic"]["groups"]
+        metrics = {}
+        for group, prefix in (("All", "pq"), ("Things", "pq_things"), ("Stuff", "pq_stuff")):
+            for name in ("PQ", "SQ", "RQ"):
+                value = groups.get(group, {}).get(name)
+                metrics[f"{prefix}_{name}"] = -1.0 if value is None else float(value)
+        return metrics
 
     def ground_truth(self) -> dict:
         if self._ground_truth is None:

@@ -1,12 +1,13 @@
-"""COCO AP/AR via hotcoco, with one detection cap (`max_dets`) used consistently by every number.
+"""COCO AP/AR with one detection cap (`max_dets`) used consistently by every number.
 
-hotcoco (a Rust port of pycocotools' COCOeval) does the matching and accumulation of mask and box AP: the
-same arrays as pycocotools to floating-point rounding (tests/evaluation/test_eval_coco.py), about 4x faster
-than faster-coco-eval. hotcoco has no Boundary AP (it refuses iou_type "boundary"), and faster-coco-eval's
-is 10x slower than hotcoco's mask AP, so Boundary AP and the matched pairs come from COCO's rules applied to
-pixel counts (`instance_pairs`, `matching`); a test checks them against faster-coco-eval. The twelve numbers
-are read from the accumulated arrays here instead of pycocotools' `summarize()`, which hard-codes
-`maxDets=100` for the first AP and prints -1 for any other cap.
+Mask AP (segm) and Boundary AP are COCO's matching and accumulation (`matching`, pycocotools' rules written
+out) on the exact pixel overlaps that `instance_pairs.collect` counts from the masks' runs: the overlaps
+are counted once and shared with every other segm metric of the report, and this is faster than a second
+pass over the masks by a COCO library (hotcoco's mask AP alone took longer than all the counting and
+matching here). Tests check every accumulated array against pycocotools to 1e-9 and Boundary AP against
+faster-coco-eval. Box AP (bbox) comes from hotcoco (a Rust port of pycocotools' COCOeval, the same arrays
+to floating-point rounding). The twelve numbers are read from the accumulated arrays here instead of
+pycocotools' `summarize()`, which hard-codes `maxDets=100` for the first AP and prints -1 for any other cap.
 Dense scenes (a nuclei image holds up to 375 objects) need a cap above COCO's default of 100.
 """
 
@@ -184,11 +185,11 @@ def _hotcoco_eval(
 def start_hotcoco(
     pool: Executor, gt: Any, results: Any, iou_type: str, max_dets: int
 ) -> EarlyEvaluation | None:
-    """hotcoco's evaluation of the unchecked inputs, started in `pool` while they are checked (it releases
-    the GIL while matching, so checks and the other metrics run beside it). Safe because hotcoco is
-    memory-safe Rust: bad input gives an exception or a wrong number there, and `coco_metrics` uses the
+    """hotcoco's box AP of the unchecked inputs (bbox only: masks are matched here), started in `pool` while
+    they are checked (it releases the GIL while matching, so the checks run beside it). Safe because hotcoco
+    is memory-safe Rust: bad input gives an exception or a wrong number there, and `coco_metrics` uses the
     result only when the checks passed and the records went to hotcoco unchanged."""
-    if iou_type not in ("segm", "bbox") or not isinstance(gt, Mapping) or not isinstance(results, list):
+    if iou_type != "bbox" or not isinstance(gt, Mapping) or not isinstance(results, list):
         return None
     if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 10:
         return None
@@ -223,14 +224,16 @@ def coco_metrics(
     early: EarlyEvaluation | None = None,
 ) -> CocoMetrics:
     """COCO evaluation of checked inputs (`check_ground_truth`, `check_results`); see `evaluate_coco`.
-    Boundary AP uses `pairs` (`instance_pairs.collect` with boundaries) when given; mask and box AP take the
-    result of `early` when it ran on exactly these inputs."""
+    Mask and Boundary AP use `pairs` (`instance_pairs.collect`, with bands for Boundary AP) when given; box
+    AP takes the result of `early` when it ran on exactly these inputs."""
     check_max_dets(max_dets)
     max_dets_list = [1, 10, max_dets]
-    if iou_type == "boundary":
-        pairs = pairs if pairs is not None else collect(gt, results, min_score=0.0)
+    if iou_type in ("segm", "boundary"):
+        boundary = iou_type == "boundary"
+        if pairs is None:
+            pairs = collect(gt, results, boundary=boundary, claims=False)
         detections, ground_truths = matching_inputs(gt, results, pairs)
-        dt, gt_index, iou = candidate_ious(gt, results, pairs, boundary=True)
+        dt, gt_index, iou = candidate_ious(gt, results, pairs, boundary=boundary)
         matching = match(detections, ground_truths, dt, gt_index, iou, max_dets)
         summed = accumulate(detections, ground_truths, matching, len(gt.category_ids), max_dets_list)
         accumulated = {"precision": summed.precision, "recall": summed.recall, "scores": summed.scores}
@@ -303,9 +306,11 @@ def candidate_ious(
 
 
 def boundary_ious(pairs: InstancePairs, dt: np.ndarray, gt_index: np.ndarray) -> np.ndarray:
-    """Boundary IoU of the given pairs (which must be pairs that can match; see `instance_pairs.collect`)."""
-    band = pairs.band
-    assert band is not None
+    """Boundary IoU of the given pairs (which must be pairs that can match; see `instance_pairs.collect`,
+    which must have counted the bands)."""
+    if pairs.bands is None:
+        raise ValueError("boundary IoUs need pairs collected with boundary=True")
+    band = pairs.bands.pairs
     num_gt = pairs.gt_area.size
     codes = band.dt * num_gt + band.gt
     order = np.argsort(codes)
@@ -315,7 +320,7 @@ def boundary_ious(pairs: InstancePairs, dt: np.ndarray, gt_index: np.ndarray) ->
     if codes.size:
         found = codes[order[position]] == wanted
         shared[found] = band.count[order[position[found]]]
-    union = pairs.dt_band_area[dt] + pairs.gt_band_area[gt_index] - shared
+    union = pairs.bands.dt_area[dt] + pairs.bands.gt_area[gt_index] - shared
     return np.divide(shared, union, out=np.zeros(dt.size), where=union > 0)
 
 
@@ -353,7 +358,7 @@ def match_detections(
         raise EvaluationInputError(f"match_detections supports iou_type 'segm' only; got {iou_type!r}")
     checked = check_ground_truth(gt, "ground truth", iou_type)
     columns = check_results(results, checked, iou_type, "results", allow_empty=True)
-    pairs = collect(checked, columns, min_score=0.0, boundary=False)
+    pairs = collect(checked, columns, boundary=False, claims=False)
     result_index, gt_index, iou = matched_pairs(checked, columns, pairs, max_dets, iou_threshold)
     ids = checked.annotation_ids[gt_index]
     return [

@@ -125,19 +125,22 @@ def dsb_image_score(
 def dsb_from_pairs(
     gt: GroundTruth, scores: np.ndarray, image_index: np.ndarray, pairs: InstancePairs
 ) -> DsbScore:
-    """The DSB score from the counts of `collect` (`scores`, `image_index`: the detections')."""
+    """The DSB score from the counts of `collect` with claims (`scores`, `image_index`: the detections')."""
+    claims = pairs.claims
+    if claims is None:
+        raise ValueError("the DSB score needs pairs collected with claims=True")
     num_images = gt.image_ids.size
     real = gt.iscrowd == 0
     num_gt = np.bincount(gt.image_index[real], minlength=num_images)
-    claimed = (pairs.claimed_area > 0) & (scores >= pairs.min_score)
+    claimed = (claims.dt_area > 0) & (scores >= claims.min_score)
     num_pred = np.bincount(image_index[claimed], minlength=num_images)
-    c = pairs.claimed
-    iou = c.count / (pairs.claimed_area[c.dt] + pairs.gt_area[c.gt] - c.count)
+    c = claims.pairs
+    iou = c.count / (claims.dt_area[c.dt] + pairs.gt_area[c.gt] - c.count)
     per_image = dsb_image_scores(num_gt, num_pred, gt.image_index[c.gt], c.gt, c.dt, iou)
     return DsbScore(
         score=float(per_image.mean()),
         per_image={int(i): float(s) for i, s in zip(gt.image_ids, per_image, strict=True)},
-        min_score=pairs.min_score,
+        min_score=claims.min_score,
     )
 
 
@@ -147,5 +150,5 @@ def dsb_score(gt: Mapping, results: list[dict], min_score: float = 0.0) -> DsbSc
     prediction as a claim, so low-score ones cost FPs)."""
     checked = check_ground_truth(gt, "ground truth", "segm")
     columns = check_results(results, checked, "segm", "results", allow_empty=True)
-    pairs = collect(checked, columns, min_score, boundary=False)
+    pairs = collect(checked, columns, boundary=False, claims=True, min_score=min_score)
     return dsb_from_pairs(checked, columns.scores, columns.image_index, pairs)

@@ -107,6 +107,7 @@ def match(
     per_gt = np.bincount(pair_gt[~crowd[pair_gt]], minlength=crowd.size)
     conflict = (per_dt[pair_dt] > 1) | ((per_gt[pair_gt] > 1) & ~crowd[pair_gt])
     conflicted = np.zeros(pair_dt.size, dtype=bool)
+    part = np.zeros(n, dtype=np.int64)
     if conflict.any():
         nodes = n + crowd.size
         graph = coo_matrix((np.ones(pair_dt.size), (pair_dt, n + pair_gt)), shape=(nodes, nodes))
@@ -125,6 +126,7 @@ def match(
             pair_dt[conflicted],
             pair_gt[conflicted],
             pair_iou[conflicted],
+            part,
             rank,
             crowd,
             gt_ignore,
@@ -142,39 +144,48 @@ def _greedy(
     pair_dt: np.ndarray,
     pair_gt: np.ndarray,
     pair_iou: np.ndarray,
+    part: np.ndarray,
     rank: np.ndarray,
     crowd: np.ndarray,
     gt_ignore: np.ndarray,
     thresholds: np.ndarray,
     matched: np.ndarray,
 ) -> None:
-    """pycocotools' greedy loop for the pairs of conflicted groups; writes into `matched` (T, N)."""
+    """pycocotools' greedy loop for the pairs of conflicted parts (`part`: the part of each detection);
+    writes into `matched` (T, N).
+
+    Parts are independent, so the loop runs over steps: at step j the j-th detection (by score) of every
+    part, at every threshold at once. A detection takes, among its candidates that are free (or crowd) and
+    have IoU >= the threshold, the one pycocotools' scan ends on: a non-ignored one if any, the highest IoU,
+    on ties the last in ground-truth order.
+    """
     if pair_dt.size == 0:
         return
-    candidates: dict[int, list[tuple[int, float]]] = {}
-    for d, g, iou in zip(pair_dt.tolist(), pair_gt.tolist(), pair_iou.tolist(), strict=True):
-        candidates.setdefault(d, []).append((g, iou))
-    # Per detection, its candidates in pycocotools' ground-truth order: non-ignored first, then by index.
-    ordered = {
-        d: sorted(pairs, key=lambda pair: (bool(gt_ignore[pair[0]]), pair[0]))
-        for d, pairs in candidates.items()
-    }
-    detections = sorted(ordered, key=lambda d: rank[d])  # groups are independent; within one, score order
-    for t, threshold in enumerate(thresholds.tolist()):
-        taken: set[int] = set()
-        for d in detections:
-            best, best_iou = -1, threshold
-            for g, iou in ordered[d]:
-                if g in taken and not crowd[g]:
-                    continue
-                if best > -1 and not gt_ignore[best] and gt_ignore[g]:
-                    break
-                if iou < best_iou:
-                    continue
-                best, best_iou = g, iou
-            if best > -1:
-                matched[t, d] = best
-                taken.add(best)
+    detections = np.unique(pair_dt)
+    by_part = np.lexsort((rank[detections], part[detections]))
+    new_part = np.ones(detections.size, dtype=bool)
+    new_part[1:] = part[detections[by_part]][1:] != part[detections[by_part]][:-1]
+    part_start = np.flatnonzero(new_part)
+    step_of = np.empty(detections.size, dtype=np.int64)
+    step_of[by_part] = np.arange(detections.size) - np.repeat(
+        part_start, np.diff(np.append(part_start, detections.size))
+    )
+    step = step_of[np.searchsorted(detections, pair_dt)]
+    # Per step, each detection's candidates in increasing (non-ignored, IoU, ground-truth index) order: the
+    # chosen one is the last that is usable.
+    order = np.lexsort((pair_gt, pair_iou, ~gt_ignore[pair_gt], pair_dt, step))
+    bounds = np.searchsorted(step[order], np.arange(int(step.max()) + 2))
+    taken = np.zeros((thresholds.size, crowd.size), dtype=bool)
+    for j in range(bounds.size - 1):
+        here = order[bounds[j] : bounds[j + 1]]
+        d, g = pair_dt[here], pair_gt[here]
+        first = np.flatnonzero(np.append(True, d[1:] != d[:-1]))
+        usable = (pair_iou[here][None, :] >= thresholds[:, None]) & (crowd[g][None, :] | ~taken[:, g])
+        last = np.maximum.reduceat(np.where(usable, np.arange(here.size), -1), first, axis=1)
+        t_index, k = np.nonzero(last >= 0)
+        chosen = g[last[t_index, k]]
+        matched[t_index, d[first[k]]] = chosen
+        taken[t_index, chosen] = True
 
 
 @dataclass(frozen=True)

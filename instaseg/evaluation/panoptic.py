@@ -15,9 +15,10 @@ of all crowd regions of the class count, which is the same for COCO files (one c
 Two inputs: COCO panoptic files (`evaluate_panoptic_files`: PNG + JSON for ground truth and predictions,
 read by `instaseg.data.coco_panoptic`), and instance predictions against instance ground truth
 (`instance_panoptic_quality`, from `instance_pairs.collect`): predictions made non-overlapping by descending
-score, ground truth by annotation order (an earlier annotation keeps shared pixels), all classes things, no
-VOID (background pixels are known background: a prediction there is a false positive). That is how nuclei
-segmentation reports PQ (HoVer-Net).
+score, ground truth by annotation order (an earlier annotation keeps shared pixels), Things and Stuff by the
+categories' `isthing` (stuff regions are instances of their class like any other), no VOID (background
+pixels are known background: a prediction there is a false positive). That is how nuclei segmentation
+reports PQ (HoVer-Net).
 """
 
 from __future__ import annotations
@@ -122,25 +123,29 @@ def panoptic_quality(
 
 def instance_panoptic_quality(gt: GroundTruth, results: Results, pairs: InstancePairs) -> PanopticQuality:
     """PQ of instance predictions against instance ground truth, from the counts of `instance_pairs.collect`
-    (predictions with score >= its `min_score`); every class a thing, no VOID (see the module docstring)."""
-    kept_gt = np.flatnonzero(pairs.gt_claimed_area > 0)
-    kept_pred = np.flatnonzero((pairs.claimed_area > 0) & (results.scores >= pairs.min_score))
+    with claims (predictions with score >= their `min_score`); no VOID (see the module docstring). Things
+    and Stuff are the ground truth's categories by their `isthing` (absent: a thing)."""
+    claims = pairs.claims
+    if claims is None:
+        raise ValueError("Panoptic Quality needs pairs collected with claims=True")
+    kept_gt = np.flatnonzero(claims.gt_area > 0)
+    kept_pred = np.flatnonzero((claims.dt_area > 0) & (results.scores >= claims.min_score))
     gt_position = np.full(pairs.gt_area.size, -1, dtype=np.int64)
     gt_position[kept_gt] = np.arange(kept_gt.size)
     pred_position = np.full(pairs.dt_area.size, -1, dtype=np.int64)
     pred_position[kept_pred] = np.arange(kept_pred.size)
-    overlap = pairs.panoptic
-    categories = {c: PanopticCategory(c, gt.category_names[c], True) for c in gt.category_ids}
+    overlap = claims.panoptic
+    categories = {
+        c: PanopticCategory(c, gt.category_names[c], gt.category_isthing[c]) for c in gt.category_ids
+    }
     return panoptic_quality(
         Segments(
             gt.image_index[kept_gt],
             gt.annotation_category_ids[kept_gt],
-            pairs.gt_claimed_area[kept_gt],
+            claims.gt_area[kept_gt],
             gt.iscrowd[kept_gt] == 1,
         ),
-        Segments(
-            results.image_index[kept_pred], results.category_ids[kept_pred], pairs.claimed_area[kept_pred]
-        ),
+        Segments(results.image_index[kept_pred], results.category_ids[kept_pred], claims.dt_area[kept_pred]),
         gt_position[overlap.gt],
         pred_position[overlap.dt],
         overlap.count,

@@ -1,17 +1,22 @@
-"""Pixel sets of many masks at once, and the counts every extra metric is made of.
+"""Pixel counts of many masks at once, straight from their RLE runs: the counts every extra metric is made of.
 
 The extra metrics of the report (matched-mask IoU and Dice, Boundary AP, boundary IoU, foreground Dice, the
 DSB score, Panoptic Quality) all reduce to counting pixels that two masks share. Done mask by mask (decode,
-then compare bitmaps) they cost 35x COCO AP itself on dense images. Here every mask is expanded once into the
-flat positions of its foreground pixels, straight from its RLE runs, and all counts come from a few NumPy
-passes over all masks of a chunk of images:
+then compare bitmaps) they cost 35x COCO AP itself on dense images, and even one entry per foreground pixel
+is ten times more data than the masks' runs. So masks stay runs:
 
-- a mask's pixels are `key = image_offset + column * H + row` (COCO's column-major order) on one canvas that
-  holds the chunk's images side by side, so masks of different images never meet;
-- intersections between two sets of masks (`pair_counts`) look up one set's labels at the other's pixels, one
-  "layer" of the first set at a time (a pixel covered by k masks of the set needs k layers), and count the
-  pairs with one `bincount` over per-image dense pair indices;
-- "non-overlapping by priority" (`owners`) keeps, at each pixel, the mask of lowest rank (`np.minimum.at`).
+- a mask is the set of its foreground runs, intervals of `key = image_offset + column * H + row` (COCO's
+  column-major order) on one line that holds a chunk's images side by side, so masks of different images
+  never meet (`foreground_runs`);
+- all runs of a chunk are cut at every run end in the chunk (`cut`): between two consecutive ends lies a
+  piece, and each run covers a contiguous range of pieces, so a mask is a set of pieces and every count is
+  a sum of piece lengths;
+- intersections between two sets of masks (`pair_counts`) look up one set's labels at the other's pieces,
+  one "layer" of the first set at a time (a piece covered by k masks of the set needs k layers), and sum
+  the lengths of the pairs with one weighted `bincount` over per-image dense pair indices;
+- "non-overlapping by priority" (`owners`) keeps, at each piece, the mask of lowest rank (`np.minimum.at`);
+- boundary bands (`boundary_runs`) are the one step that needs bitmaps: each mask's bounding-box crop is
+  drawn from its runs, eroded by OpenCV and read back as runs.
 
 Written by hand because no installed library counts intersections of many RLE masks in bulk: pycocotools and
 hotcoco compute IoU matrices but not the overlap-removed masks, bands or unions the metrics need.
@@ -27,19 +32,40 @@ import numpy as np
 
 from instaseg.evaluation.validation import MaskColumns
 
-# Images per chunk are chosen so that a chunk's canvas holds at most this many pixels (int32 label maps): a
-# small canvas keeps the lookups in cache (2^18 measured 1.5x faster than 2^22 at 256x256 images).
-CANVAS_PIXELS = 1 << 18
+# Images per chunk are chosen so that a chunk's line holds at most this many pixels: the piece tables of a
+# chunk (int32, one entry per pixel of the line) then stay a few MB.
+CANVAS_PIXELS = 1 << 21
+# Crops of one erosion are padded to a multiple of this many pixels across (fewer, larger OpenCV calls).
+CROP_ALIGN = 8
 
 
 @dataclass(frozen=True)
-class PixelSets:
-    """Foreground pixels of a selection of masks: entry e is pixel `key[e]` of mask `mask[e]` (an index into
-    the selection), in selection order; `area` (M,) int64 pixel counts."""
+class Runs:
+    """Foreground runs of a selection of M masks: run r covers keys `start[r]` .. `end[r] - 1` of mask
+    `mask[r]` (an index into the selection); `area` (M,) int64 pixel counts."""
 
-    key: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
     mask: np.ndarray
     area: np.ndarray
+
+    def shifted(self, offset: np.ndarray) -> Runs:
+        """The runs moved by `offset` (M,), one per mask: image-local keys to a chunk's line and back."""
+        shift = offset[self.mask]
+        return Runs(self.start + shift, self.end + shift, self.mask, self.area)
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A set of masks as pieces of its chunk's line (`Line.cut`): entry e is piece `piece[e]` of mask
+    `mask[e]`; `length` (P,) the pixels of each piece of the line, `image_first` (I + 1,) the first piece of
+    each image of the chunk (and P): the pieces of image i that masks cover are image_first[i] ..
+    image_first[i + 1] - 1."""
+
+    piece: np.ndarray
+    mask: np.ndarray
+    length: np.ndarray
+    image_first: np.ndarray
 
 
 def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
@@ -59,82 +85,111 @@ def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, 
     return positions, owner
 
 
-def pixel_sets(masks: MaskColumns, selection: np.ndarray, canvas_offset: np.ndarray) -> PixelSets:
-    """The foreground pixels of masks `selection` (indices into `masks`), each shifted by `canvas_offset` (one
-    per selected mask: where its image starts on the canvas)."""
+def foreground_runs(masks: MaskColumns, selection: np.ndarray, canvas_offset: np.ndarray) -> Runs:
+    """The foreground runs of masks `selection` (indices into `masks`), each shifted by `canvas_offset` (one
+    per selected mask: where its image starts on the line). Runs of length 0 are left out."""
     selection = np.asarray(selection, dtype=np.int64)
     first, count = masks.offsets[selection], masks.offsets[selection + 1] - masks.offsets[selection]
     run_index, run_mask = expand_ranges(first, count)
     runs = masks.runs[run_index]
     ends = np.cumsum(runs)
-    # Run j of a mask starts where its runs 0..j-1 end: a cumulative sum that restarts at each mask.
+    # Run j of a mask ends where its runs 0..j ends: a cumulative sum that restarts at each mask.
     mask_start = _exclusive_cumsum(count)[:-1]
     before = np.concatenate(([0], ends))[mask_start]
-    run_start = ends - runs - np.repeat(before, count)
+    ends -= np.repeat(before, count)
     foreground = ((np.arange(runs.size) - np.repeat(mask_start, count)) & 1).astype(bool) & (runs > 0)
-    keys, run_of_key = expand_ranges(run_start[foreground], runs[foreground])
-    owner = run_mask[foreground][run_of_key]
-    keys += canvas_offset[owner]
-    area = np.bincount(owner, minlength=selection.size).astype(np.int64)
-    return PixelSets(keys, owner, area)
+    mask = run_mask[foreground]
+    end = ends[foreground] + canvas_offset[mask]
+    length = runs[foreground]
+    area = np.bincount(mask, weights=length, minlength=selection.size).astype(np.int64)
+    return Runs(end - length, end, mask, area)
 
 
-def owners(
-    pixels: PixelSets, rank: np.ndarray, canvas_size: int, keep: np.ndarray | None = None
-) -> np.ndarray:
-    """(E,) bool: which entries of `pixels` belong to the mask that owns their pixel, the one of lowest
+class Line:
+    """Scratch tables for one chunk's line of `size` pixels, reused from chunk to chunk (one per thread)."""
+
+    def __init__(self, size: int) -> None:
+        self.marks = np.zeros(size + 1, dtype=bool)
+        self.index = np.zeros(size + 1, dtype=np.int32)
+        self.table = np.full(size + 1, -1, dtype=np.int32)
+
+    def cut(self, run_sets: list[Runs], image_offset: np.ndarray) -> list[Pieces]:
+        """The pieces of every set, all runs cut at every run end of all sets (see the module docstring);
+        `image_offset` (I,): where each image of the chunk starts on the line."""
+        for runs in run_sets:
+            self.marks[runs.start] = True
+            self.marks[runs.end] = True
+        bounds = np.flatnonzero(self.marks)
+        self.marks[bounds] = False
+        self.index[bounds] = np.arange(bounds.size, dtype=np.int32)
+        length = np.diff(bounds)
+        image_first = np.minimum(
+            np.searchsorted(bounds, np.append(image_offset, self.marks.size)), length.size
+        )
+        out = []
+        for runs in run_sets:
+            first = self.index[runs.start]
+            piece, run = expand_ranges(first, self.index[runs.end] - first)
+            out.append(Pieces(piece, runs.mask[run], length, image_first))
+        return out
+
+
+def owners(pieces: Pieces, rank: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """(E,) bool: which entries of `pieces` belong to the mask that owns their piece, the one of lowest
     `rank` (M,) among the masks covering it (ties keep the lower mask index). With `keep` (E,) bool, only
     those entries take part (the others are never owners)."""
     order = np.lexsort((np.arange(rank.size), rank))
     priority = np.empty(rank.size, dtype=np.int32)
     priority[order] = np.arange(rank.size, dtype=np.int32)
-    owner = np.full(canvas_size, rank.size, dtype=np.int32)
-    entry_priority = priority[pixels.mask]
+    owner = np.full(pieces.length.size, rank.size, dtype=np.int32)
+    entry_priority = priority[pieces.mask]
     if keep is None:
-        np.minimum.at(owner, pixels.key, entry_priority)
-        return owner[pixels.key] == entry_priority
-    np.minimum.at(owner, pixels.key[keep], entry_priority[keep])
-    return keep & (owner[pixels.key] == entry_priority)
+        np.minimum.at(owner, pieces.piece, entry_priority)
+        return owner[pieces.piece] == entry_priority
+    np.minimum.at(owner, pieces.piece[keep], entry_priority[keep])
+    return keep & (owner[pieces.piece] == entry_priority)
 
 
-def _layers(keys: np.ndarray, labels: np.ndarray, canvas: np.ndarray) -> Iterator[np.ndarray]:
-    """Label maps that together hold every (key, label) entry once, drawn on `canvas` (int32, all -1; left
-    all -1 again afterwards)."""
-    remaining = np.arange(keys.size)
+def _layers(pieces: np.ndarray, labels: np.ndarray, table: np.ndarray) -> Iterator[np.ndarray]:
+    """Piece -> label tables that together hold every (piece, label) entry once, drawn on `table` (int32,
+    all -1; left all -1 again afterwards)."""
+    remaining = np.arange(pieces.size)
     while remaining.size:
-        layer_keys = keys[remaining]
-        canvas[layer_keys] = labels[remaining]
-        placed = canvas[layer_keys] == labels[remaining]
-        yield canvas
-        canvas[layer_keys] = -1
+        layer_pieces = pieces[remaining]
+        table[layer_pieces] = labels[remaining]
+        placed = table[layer_pieces] == labels[remaining]
+        yield table
+        table[layer_pieces] = -1
         remaining = remaining[~placed]
 
 
 def pair_counts(
-    a: PixelSets,
+    a: Pieces,
     a_keep: np.ndarray | list[np.ndarray] | None,
-    b: PixelSets,
+    b: Pieces,
     b_keep: np.ndarray | None,
-    canvas: np.ndarray,
+    table: np.ndarray,
     a_image: np.ndarray,
     b_image: np.ndarray,
     num_images: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shared pixels of every mask of `a` with every mask of `b` of the same image (`a_image`, `b_image`: the
     image of each mask, 0 .. num_images - 1), counting only entries where `a_keep` / `b_keep` (E,) hold.
-    `canvas`: an int32 scratch label map, all -1, as large as the canvas (left as it was found). `b` is
-    drawn on it, one layer per depth of overlap: pass the set with less overlap (ideally none) as `b`.
+    `a` and `b` are pieces of one `Line.cut`. `table`: an int32 scratch table, all -1, with a slot per
+    piece (left as it was found). `b` is drawn on it, one layer per depth of overlap: pass the set with
+    less overlap (ideally none) as `b`.
 
-    Returns `(a_index, b_index, count)` for the pairs that share at least one pixel; with a list of `a_keep`
-    masks, a list of such triples, one per mask, from one drawing of `b`.
+    Returns `(a_index, b_index, count)` for the pairs that share at least one pixel, ordered by image, then
+    `a_index`, then `b_index`; with a list of `a_keep` masks, a list of such triples, one per mask, from one
+    drawing of `b`.
     """
     keeps = a_keep if isinstance(a_keep, list) else [a_keep]
     if any(keep is None for keep in keeps):
-        a_entries = np.arange(a.key.size)
+        a_entries = np.arange(a.piece.size)
     else:
         a_entries = np.flatnonzero(np.logical_or.reduce(keeps))
-    a_key, a_mask = a.key[a_entries], a.mask[a_entries]
-    b_key, b_mask = (b.key, b.mask) if b_keep is None else (b.key[b_keep], b.mask[b_keep])
+    a_piece, a_mask = a.piece[a_entries], a.mask[a_entries]
+    b_piece, b_mask = (b.piece, b.mask) if b_keep is None else (b.piece[b_keep], b.mask[b_keep])
     # Dense per-image pair indices: image i's pairs occupy na_i * nb_i slots.
     na = np.bincount(a_image, minlength=num_images)
     nb = np.bincount(b_image, minlength=num_images)
@@ -146,28 +201,42 @@ def pair_counts(
     a_base = slot_start[a_image] + (np.arange(a_image.size) - a_first[a_image]) * nb[a_image]
     entry_base = a_base[a_mask]
     codes, found_entries = [], []
-    looking = np.arange(a_key.size)  # a pixel empty in one layer is empty in every later one
-    for layer in _layers(b_key, b_local[b_mask], canvas):
-        hit = layer[a_key[looking]]
+    looking = np.arange(a_piece.size)  # a piece empty in one layer is empty in every later one
+    for layer in _layers(b_piece, b_local[b_mask], table):
+        hit = layer[a_piece[looking]]
         found = hit >= 0
         looking = looking[found]
         codes.append(entry_base[looking] + hit[found])
         found_entries.append(a_entries[looking])
     all_codes = np.concatenate(codes) if codes else np.zeros(0, np.int64)
     all_entries = np.concatenate(found_entries) if found_entries else np.zeros(0, np.int64)
+    all_lengths = a.length[a.piece[all_entries]]
     out = []
     for keep in keeps:
-        chosen = all_codes if keep is None else all_codes[keep[all_entries]]
-        counts = np.bincount(chosen, minlength=slot_start[-1])
+        chosen = slice(None) if keep is None else keep[all_entries]
+        counts = np.bincount(all_codes[chosen], weights=all_lengths[chosen], minlength=slot_start[-1])
         slots = np.flatnonzero(counts)
         image = np.searchsorted(slot_start, slots, side="right") - 1
         local = slots - slot_start[image]
-        out.append((a_first[image] + local // nb[image], b_first[image] + local % nb[image], counts[slots]))
+        out.append(
+            (
+                a_first[image] + local // nb[image],
+                b_first[image] + local % nb[image],
+                counts[slots].astype(np.int64),
+            )
+        )
     return out if isinstance(a_keep, list) else out[0]
 
 
+def covered_area(pieces: Pieces, entries: np.ndarray) -> np.ndarray:
+    """(I,) per image the pixels of the union of the given entries' pieces (`entries` (E,) bool)."""
+    covered = np.zeros(pieces.length.size, dtype=np.int64)
+    covered[pieces.piece[entries]] = pieces.length[pieces.piece[entries]]
+    return np.diff(_exclusive_cumsum(covered)[pieces.image_first])
+
+
 def image_chunks(heights: np.ndarray, widths: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Chunks of consecutive images: (image indices, canvas offset of each, canvas size)."""
+    """Chunks of consecutive images: (image indices, line offset of each, line size)."""
     pixels = heights.astype(np.int64) * widths.astype(np.int64)
     start = 0
     while start < pixels.size:
@@ -188,56 +257,111 @@ def boundary_dilation(height: np.ndarray, width: np.ndarray, ratio: float) -> np
     return np.maximum(np.round(ratio * diagonal).astype(np.int64), 1)
 
 
-def boundary_entries(
-    pixels: PixelSets, height: np.ndarray, dilation: np.ndarray, selected: np.ndarray | None = None
-) -> np.ndarray:
-    """(E,) bool: the entries of `pixels` in their mask's inner boundary band: mask pixels within Chebyshev
-    distance `dilation[m]` of a pixel outside the mask (the image outside counts as outside), i.e. the mask
-    minus its erosion by a (2d + 1)^2 square, as Boundary IoU's reference code computes it (with OpenCV).
+@dataclass(frozen=True)
+class _ColumnRuns:
+    """Runs split at column ends: piece p is rows `row0[p]` .. `row1[p] - 1` of column `column[p]` of mask
+    `mask[p]`, ordered by mask, then column."""
 
-    `height` (M,): the height of each mask's image (to read rows and columns from the keys, which must be
-    image-local: no canvas offset). Only masks where `selected` (M,) holds are done (the others' entries
-    stay False). Masks are eroded on their bounding-box crops.
+    column: np.ndarray
+    row0: np.ndarray
+    row1: np.ndarray
+    mask: np.ndarray
+
+
+def _column_runs(runs: Runs, height: np.ndarray) -> _ColumnRuns:
+    """`runs` (image-local keys, ordered by mask then key) cut at every column end; `height` (M,) per mask."""
+    h = height[runs.mask]
+    first = runs.start // h
+    columns, run = expand_ranges(first, (runs.end - 1) // h - first + 1)
+    h = h[run]
+    top = columns * h
+    row0 = np.maximum(runs.start[run], top) - top
+    row1 = np.minimum(runs.end[run], top + h) - top
+    return _ColumnRuns(columns, row0, row1, runs.mask[run])
+
+
+def boundary_runs(
+    runs: Runs, height: np.ndarray, dilation: np.ndarray, selected: np.ndarray | None = None
+) -> Runs:
+    """The inner boundary bands of the masks of `runs`: mask pixels within Chebyshev distance `dilation[m]`
+    of a pixel outside the mask (the image outside counts as outside), i.e. the mask minus its erosion by a
+    (2d + 1)^2 square, as Boundary IoU's reference code computes it (with OpenCV).
+
+    `runs` must hold image-local keys (no line offset), ordered by mask then key (as `foreground_runs` gives
+    them); `height` (M,): the height of each mask's image. Only masks where `selected` (M,) holds are done
+    (the others get an empty band). Masks are eroded on their bounding-box crops, transposed (a column of
+    the mask is a row of the crop, so runs draw as row segments; a square's erosion is the same either way).
     """
-    num = pixels.area.size
-    band = np.zeros(pixels.key.size, dtype=bool)
-    if num == 0 or pixels.key.size == 0:
-        return band
-    entry_height = height[pixels.mask]
-    row = pixels.key % entry_height
-    col = pixels.key // entry_height
-    first = _exclusive_cumsum(pixels.area)[:-1]
-    present = pixels.area > 0
+    num = runs.area.size
     if selected is not None:
-        present &= selected
-    row0 = np.zeros(num, dtype=np.int64)
+        chosen = selected[runs.mask]
+        runs = Runs(runs.start[chosen], runs.end[chosen], runs.mask[chosen], runs.area)
+    empty = np.zeros(0, dtype=np.int64)
+    if runs.start.size == 0:
+        return Runs(empty, empty, empty, np.zeros(num, dtype=np.int64))
+    pieces = _column_runs(runs, height)
+    counts = np.bincount(pieces.mask, minlength=num)
+    present = counts > 0
+    starts = _exclusive_cumsum(counts)[:-1]
     col0 = np.zeros(num, dtype=np.int64)
-    crop_h = np.ones(num, dtype=np.int64)
-    crop_w = np.ones(num, dtype=np.int64)
-    starts = first[present]
-    row0[present] = np.minimum.reduceat(row, starts)
-    col0[present] = np.minimum.reduceat(col, starts)
-    crop_h[present] = np.maximum.reduceat(row, starts) - row0[present] + 1
-    crop_w[present] = np.maximum.reduceat(col, starts) - col0[present] + 1
-    # Masks of one dilation and crop width (rounded up to 16) are stacked into one tall image, crops one above
-    # the other with a row of zeros between them (outside a crop is outside its mask), and eroded at once.
-    bucket_w = -(-crop_w // 16) * 16
-    order = np.lexsort((bucket_w, dilation))
-    keys = np.stack((dilation[order], bucket_w[order]), axis=1)
+    row0 = np.zeros(num, dtype=np.int64)
+    crop_cols = np.zeros(num, dtype=np.int64)
+    crop_rows = np.zeros(num, dtype=np.int64)
+    col0[present] = pieces.column[starts[present]]
+    crop_cols[present] = pieces.column[starts[present] + counts[present] - 1] - col0[present] + 1
+    row0[present] = np.minimum.reduceat(pieces.row0, starts[present])
+    crop_rows[present] = np.maximum.reduceat(pieces.row1, starts[present]) - row0[present]
+    # Crops of one dilation and width (their mask's rows, plus one empty column so that band runs end within
+    # a row; rounded up to CROP_ALIGN) are stacked into one tall image, one above the other with an empty row
+    # between them (outside a crop is outside its mask), and eroded at once.
+    width = -(-(crop_rows + 1) // CROP_ALIGN) * CROP_ALIGN
+    order = np.lexsort((width, dilation))
+    order = order[present[order]]
+    keys = np.stack((dilation[order], width[order]), axis=1)
     bounds = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
-    for members in np.split(order, bounds):
-        members = members[present[members]]
-        if members.size == 0:
-            continue
-        d, wb = int(dilation[members[0]]), int(bucket_w[members[0]])
-        top = _exclusive_cumsum(crop_h[members] + 1)
-        entries, slot_of_entry = expand_ranges(first[members], pixels.area[members])
-        m = pixels.mask[entries]
-        tall_row = top[slot_of_entry] + row[entries] - row0[m]
-        tall_col = col[entries] - col0[m]
-        tall = np.zeros((int(top[-1]), wb), dtype=np.uint8)
-        tall[tall_row, tall_col] = 1
-        kernel = np.ones((2 * d + 1, 2 * d + 1), dtype=np.uint8)
-        eroded = cv2.erode(tall, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        band[entries] = eroded[tall_row, tall_col] == 0
-    return band
+    parts = [
+        _bucket_band(pieces, members, starts, counts, col0, row0, crop_cols, width, height, dilation)
+        for members in np.split(order, bounds)
+    ]
+    start = np.concatenate([part[0] for part in parts])
+    end = np.concatenate([part[1] for part in parts])
+    mask = np.concatenate([part[2] for part in parts])
+    area = np.bincount(mask, weights=end - start, minlength=num).astype(np.int64)
+    return Runs(start, end, mask, area)
+
+
+def _bucket_band(
+    pieces: _ColumnRuns,
+    members: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    col0: np.ndarray,
+    row0: np.ndarray,
+    crop_cols: np.ndarray,
+    width: np.ndarray,
+    height: np.ndarray,
+    dilation: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Band runs (start, end, mask) of the masks `members`, which share a dilation and a crop width."""
+    d, w = int(dilation[members[0]]), int(width[members[0]])
+    top = _exclusive_cumsum(crop_cols[members] + 1)
+    index, slot = expand_ranges(starts[members], counts[members])
+    m = members[slot]
+    row_start = (top[slot] + pieces.column[index] - col0[m]) * w
+    ends = np.empty(2 * index.size + 1, dtype=np.int64)
+    ends[0:-1:2] = row_start + pieces.row0[index] - row0[m]
+    ends[1:-1:2] = row_start + pieces.row1[index] - row0[m]
+    ends[-1] = top[-1] * w
+    values = np.zeros(ends.size, dtype=np.uint8)
+    values[1::2] = 1
+    tall = np.repeat(values, np.diff(ends, prepend=0)).reshape(-1, w)
+    kernel = np.ones((2 * d + 1, 2 * d + 1), dtype=np.uint8)
+    eroded = cv2.erode(tall, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    band = (tall > eroded).ravel().view(np.int8)
+    change = np.diff(band, prepend=np.int8(0))  # every row ends outside its crop: runs never wrap
+    first, last = np.flatnonzero(change == 1), np.flatnonzero(change == -1)
+    row = first // w
+    slot = np.searchsorted(top, row, side="right") - 1
+    m = members[slot]
+    key = (col0[m] + row - top[slot]) * height[m] + row0[m] + first - row * w
+    return key, key + (last - first), m

@@ -24,7 +24,7 @@ from instaseg.evaluation.coco_eval import (
     start_hotcoco,
 )
 from instaseg.evaluation.dsb import dsb_from_pairs
-from instaseg.evaluation.instance_pairs import collect
+from instaseg.evaluation.instance_pairs import InstancePairs, collect
 from instaseg.evaluation.mask_quality import foreground_dices, quality_of
 from instaseg.evaluation.panoptic import instance_panoptic_quality, panoptic_section
 from instaseg.evaluation.pr_curve import plot_pr_curve, pr_curve_data
@@ -43,6 +43,8 @@ REPORT_IOU_TYPES = ("segm", "bbox")
 # foreground Dice, the DSB score, Panoptic Quality of the instance sets (all but AP segm only).
 METRICS = ("ap", "boundary_ap", "matched", "foreground_dice", "dsb", "pq")
 SEGM_ONLY = ("boundary_ap", "matched", "foreground_dice", "dsb", "pq")
+# The metrics made of detections made non-overlapping (`instance_pairs.Claims`).
+CLAIMS = ("foreground_dice", "dsb", "pq")
 
 
 def _coco_section(metrics: CocoMetrics) -> dict:
@@ -116,35 +118,57 @@ def _report(
         "num_detections": len(columns),
     }
     computed: dict[str, CocoMetrics] = {}
-    if set(chosen) & set(SEGM_ONLY):
-        pairs = collect(checked, columns, min_score, boundary="boundary_ap" in chosen or "matched" in chosen)
-        if "boundary_ap" in chosen:
-            computed["boundary"] = coco_metrics(checked, columns, "boundary", max_dets, pairs)
-        if "matched" in chosen:
-            quality = quality_of(checked, pairs, *matched_pairs(checked, columns, pairs, max_dets))
-            report["matched_masks"] = {
-                "iou_threshold": 0.5,
-                "num_matched": quality.num_matched,
-                "mean_iou": quality.mean_iou,
-                "mean_dice": quality.mean_dice,
-                "mean_boundary_iou": quality.mean_boundary_iou,
-            }
-        pixel: dict = {}
-        if "foreground_dice" in chosen:
-            pixel["foreground_dice"] = float(foreground_dices(pairs).mean())
-        if "dsb" in chosen:
-            dsb = dsb_from_pairs(checked, columns.scores, columns.image_index, pairs)
-            pixel["dsb_score"] = dsb.score
-            pixel["dsb_per_image"] = [{"image_id": k, "score": v} for k, v in dsb.per_image.items()]
-        if pixel:
-            report["pixel_metrics"] = {"min_score": min_score, **pixel}
-        if "pq" in chosen:
-            quality = instance_panoptic_quality(checked, columns, pairs)
-            report["panoptic"] = {"min_score": min_score, **panoptic_section(quality)}
-    if "ap" in chosen:  # the last to be asked for: hotcoco has been running beside the rest
-        computed = {iou_type: coco_metrics(checked, columns, iou_type, max_dets, early=early), **computed}
+    pairs = None
+    if iou_type == "segm":  # every segm metric, mask AP included, is made of the same pixel counts
+        pairs = collect(
+            checked,
+            columns,
+            boundary="boundary_ap" in chosen or "matched" in chosen,
+            claims=bool(set(chosen) & set(CLAIMS)),
+            min_score=min_score,
+        )
+    if "ap" in chosen:
+        computed[iou_type] = coco_metrics(checked, columns, iou_type, max_dets, pairs, early)
+    if pairs is not None:
+        _segm_sections(report, computed, checked, columns, chosen, max_dets, min_score, pairs)
     report["coco"] = {name: _coco_section(m) for name, m in computed.items()}
     return report, computed
+
+
+def _segm_sections(
+    report: dict,
+    computed: dict[str, CocoMetrics],
+    checked: GroundTruth,
+    columns: Results,
+    chosen: tuple[str, ...],
+    max_dets: int,
+    min_score: float,
+    pairs: InstancePairs,
+) -> None:
+    """The sections of the segm-only metrics in `chosen`, added to `report` (Boundary AP to `computed`)."""
+    if "boundary_ap" in chosen:
+        computed["boundary"] = coco_metrics(checked, columns, "boundary", max_dets, pairs)
+    if "matched" in chosen:
+        quality = quality_of(checked, pairs, *matched_pairs(checked, columns, pairs, max_dets))
+        report["matched_masks"] = {
+            "iou_threshold": 0.5,
+            "num_matched": quality.num_matched,
+            "mean_iou": quality.mean_iou,
+            "mean_dice": quality.mean_dice,
+            "mean_boundary_iou": quality.mean_boundary_iou,
+        }
+    pixel: dict = {}
+    if "foreground_dice" in chosen:
+        pixel["foreground_dice"] = float(foreground_dices(pairs).mean())
+    if "dsb" in chosen:
+        dsb = dsb_from_pairs(checked, columns.scores, columns.image_index, pairs)
+        pixel["dsb_score"] = dsb.score
+        pixel["dsb_per_image"] = [{"image_id": k, "score": v} for k, v in dsb.per_image.items()]
+    if pixel:
+        report["pixel_metrics"] = {"min_score": min_score, **pixel}
+    if "pq" in chosen:
+        quality = instance_panoptic_quality(checked, columns, pairs)
+        report["panoptic"] = {"min_score": min_score, **panoptic_section(quality)}
 
 
 def _plot_paths(out: Path, iou_types: list[str]) -> dict[str, Path]:

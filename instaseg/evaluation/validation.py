@@ -66,6 +66,7 @@ class GroundTruth:
     widths: np.ndarray
     category_ids: list[int]
     category_names: dict[int, str]
+    category_isthing: dict[int, bool]  # the categories' `isthing` (COCO panoptic; absent: 1, a thing)
     annotation_ids: np.ndarray
     image_index: np.ndarray
     annotation_category_ids: np.ndarray
@@ -189,7 +190,8 @@ def check_ground_truth(gt: Any, source: str, iou_type: str) -> GroundTruth:
     """`gt` as checked `GroundTruth`; raises `EvaluationInputError` unless it is a COCO instances dataset that
     `iou_type` can evaluate.
 
-    Checks unique integer ids, positive image sizes, references to known images and categories, a finite
+    Checks unique integer ids, categories' `isthing` 0 or 1 where given, positive image sizes, references to
+    known images and categories, a finite
     non-negative `area`, `iscrowd` 0 or 1, a valid `bbox` (bbox evaluation) or a `segmentation` of the image's
     size (segm and boundary evaluation). Image and annotation ids must be positive: COCO matchers take
     annotation ids <= 0 for "unmatched" (AP 0 or a crash) and fail on negative image ids.
@@ -237,6 +239,8 @@ def _ground_truth_columns(
     category_ids = _ints(_column(categories, "id"))
     if np.unique(category_ids).size != category_ids.size:
         raise _ColumnFailed
+    if any(isthing not in (0, 1) for isthing in _column(categories, "isthing", 1)):
+        raise _ColumnFailed
     annotation_ids = _ints(_column(annotations, "id"))
     if (annotation_ids <= 0).any() or np.unique(annotation_ids).size != annotation_ids.size:
         raise _ColumnFailed
@@ -262,6 +266,7 @@ def _ground_truth_columns(
             raise _ColumnFailed
         masks = _rle_masks_or_checked(segmentations, heights[image_index], widths[image_index])
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    isthing = {int(c["id"]): bool(c.get("isthing", 1)) for c in categories}
     return GroundTruth(
         dataset=gt,
         source=source,
@@ -270,6 +275,7 @@ def _ground_truth_columns(
         widths=widths,
         category_ids=sorted(names),
         category_names=names,
+        category_isthing=isthing,
         annotation_ids=annotation_ids,
         image_index=image_index,
         annotation_category_ids=annotation_categories,
@@ -317,6 +323,10 @@ def _ground_truth_records(
             raise EvaluationInputError(f"{source}: categories[{index}] needs an integer 'id'")
         if category["id"] in category_ids:
             raise EvaluationInputError(f"{source}: category {category['id']}: duplicate category id")
+        if category.get("isthing", 1) not in (0, 1):
+            raise EvaluationInputError(
+                f"{source}: category {category['id']}: 'isthing' must be 0 or 1, got {category['isthing']!r}"
+            )
         category_ids.add(category["id"])
 
     annotation_ids: set[int] = set()

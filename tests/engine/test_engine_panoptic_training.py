@@ -81,3 +81,28 @@ def test_the_trainers_panoptic_quality_is_one_for_perfect_predictions(tmp_path):
     metrics = evaluator.score(perfect)
     assert metrics["pq_PQ"] == pytest.approx(1.0) and metrics["segm_AP"] == pytest.approx(1.0)
     assert evaluator.score(perfect[1:])["pq_PQ"] < 1.0
+
+
+def test_the_trainers_panoptic_quality_splits_things_and_stuff(tmp_path):
+    """Perfect things, no stuff regions predicted: Things PQ 1, Stuff PQ 0 (false negatives), All between."""
+    from instaseg.data.coco import read_coco
+    from instaseg.data.torch_dataset import CategoryMap
+    from instaseg.engine.distributed import DistributedContext
+    from instaseg.engine.evaluator import Evaluator
+
+    dataset = read_coco(make_synthetic_dataset(tmp_path / "val", 2, size_range=(64, 80), seed=3, stuff=True))
+    context = DistributedContext(0, 1, 0, torch.device("cpu"))
+    evaluator = Evaluator(dataset, CategoryMap([1, 2, 3, 4]), tmp_path / "gt.json", 100, context)
+    gt = evaluator.ground_truth()
+    stuff = {c["id"] for c in gt["categories"] if c["isthing"] == 0}
+    things_only = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"]}
+        | {"bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+        if a["category_id"] not in stuff
+    ]
+    metrics = evaluator.score(things_only)
+    assert metrics["pq_things_PQ"] == pytest.approx(1.0) and metrics["pq_things_SQ"] == pytest.approx(1.0)
+    assert metrics["pq_stuff_PQ"] == 0.0 and metrics["pq_stuff_RQ"] == 0.0
+    assert 0.0 < metrics["pq_PQ"] < 1.0
+    assert evaluator.score([])["pq_stuff_PQ"] == -1.0

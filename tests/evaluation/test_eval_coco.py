@@ -239,13 +239,13 @@ def test_matches_pair_each_kept_detection_with_its_source(dsb_gt: dict) -> None:
 @pytest.mark.parametrize("max_dets", [12, 100])
 @pytest.mark.parametrize("crowds", [False, True])
 def test_matcher_on_mask_ious_equals_pycocotools(dsb_gt: dict, max_dets: int, crowds: bool) -> None:
-    """instaseg's own COCO matcher (used for Boundary AP and matched pairs), given mask IoUs from its pixel
+    """instaseg's own COCO matcher (mask AP, Boundary AP and matched pairs), given mask IoUs from its pixel
     counts, accumulates pycocotools' arrays: duplicates and crowd regions exercise the greedy loop."""
     gt = _with_crowds(dsb_gt) if crowds else dsb_gt
     results = _perturbed_results(gt, seed=max_dets + 1)
     checked = check_ground_truth(gt, "gt", "segm")
     columns = check_results(results, checked, "segm", "results")
-    pairs = collect(checked, columns, min_score=0.0, boundary=False)
+    pairs = collect(checked, columns, boundary=False, claims=False)
     detections, ground_truths = matching_inputs(checked, columns, pairs)
     matching = match(detections, ground_truths, *candidate_ious(checked, columns, pairs), max_dets)
     ours = accumulate(detections, ground_truths, matching, len(checked.category_ids), [1, 10, max_dets])

@@ -269,3 +269,32 @@ def test_instance_sets_pq_by_hand() -> None:
     # The score threshold drops the false positive.
     report, _ = evaluate(gt, results, metrics=["pq"], min_score=0.65)
     assert report["panoptic"]["per_class"][0]["FP"] == 0
+
+
+def test_instance_sets_pq_splits_things_and_stuff_by_isthing() -> None:
+    """A stuff category (`isthing: 0`) counts in Stuff and All, not in Things."""
+    gt, results = _instance_inputs()
+    tissue = np.zeros((20, 20), dtype=bool)
+    tissue[:, 10:15] = True  # the columns between the cells and the crowd region
+    (rle,) = encode_rle(tissue[None])
+    gt["categories"] = [CATEGORIES[0], CATEGORIES[1]]
+    gt["annotations"].append(
+        {"id": 4, "image_id": 1, "category_id": 2, "segmentation": rle, "iscrowd": 0, "area": 100}
+    )
+    half = tissue.copy()
+    half[:8] = False  # 60 of the 100 pixels, none under the false positive: IoU 0.6
+    results.append({"image_id": 1, "category_id": 2, "segmentation": encode_rle(half[None])[0], "score": 0.5})
+    report, _ = evaluate(gt, results, metrics=["pq"])
+    groups = report["panoptic"]["groups"]
+    cells = (100 / 120 + 0.8) / 2.5  # as in test_instance_sets_pq_by_hand
+    assert groups["Things"]["n"] == 1 and groups["Things"]["PQ"] == pytest.approx(cells)
+    assert groups["Stuff"]["n"] == 1 and groups["Stuff"]["PQ"] == pytest.approx(0.6)
+    assert groups["All"]["n"] == 2 and groups["All"]["PQ"] == pytest.approx((cells + 0.6) / 2)
+    assert [row["isthing"] for row in report["panoptic"]["per_class"]] == [True, False]
+
+
+def test_isthing_must_be_zero_or_one() -> None:
+    gt, results = _instance_inputs()
+    gt["categories"] = [{**CATEGORIES[0], "isthing": 2}]
+    with pytest.raises(EvaluationInputError, match="category 1: 'isthing' must be 0 or 1, got 2"):
+        evaluate(gt, results, metrics=["pq"])
