@@ -1,4 +1,4 @@
-"""`instaseg convert`: read a dataset (COCO, mask folders, label maps, YOLO) and write COCO instances JSON."""
+"""`instaseg convert`: read a dataset (COCO, mask folders, label maps, YOLO, ...) and write COCO JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from pathlib import Path
 
 # `instaseg.data.convert.SOURCE_FORMATS`, restated so that --help needs no import of the data package
 # (tests/cli/test_cli_help.py checks that the two agree).
-SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio", "coco-panoptic")
+SOURCE_FORMATS = (
+    "coco",
+    "mask-folders",
+    "label-maps",
+    "yolo",
+    "label-studio",
+    "coco-panoptic",
+    "semantic-label-maps",
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,13 +39,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--image-root", type=Path, help="coco: folder of the images (default: the JSON's)")
     parser.add_argument(
-        "--category-name", help="mask-folders, label-maps: name of the single category (default: object)"
+        "--category-name",
+        help="mask-folders, label-maps: name of the single category (default: object); semantic-label-maps: "
+        "comma-separated names of the class ids 1, 2, ... (stuff categories)",
+    )
+    parser.add_argument(
+        "--categories",
+        type=Path,
+        help="semantic-label-maps: JSON list of COCO categories (id = class value, name, isthing; absent "
+        "isthing: stuff), or a COCO file with one; instead of --category-name",
+    )
+    parser.add_argument(
+        "--ignore-index",
+        type=int,
+        help="semantic-label-maps: class-map value of void pixels, left unannotated (default 0)",
     )
     parser.add_argument("--workers", type=int, help="mask-folders: reader processes (default: 1)")
-    parser.add_argument("--images-dir", help="label-maps: image folder (default: PNGImages)")
-    parser.add_argument("--masks-dir", help="label-maps: label-map folder (default: PedMasks)")
     parser.add_argument(
-        "--mask-suffix", help="label-maps: label-map name = image stem + this (default: _mask)"
+        "--images-dir",
+        help="label-maps, semantic-label-maps: image folder (default: PNGImages; semantic: images)",
+    )
+    parser.add_argument(
+        "--masks-dir",
+        help="label-maps, semantic-label-maps: label-map folder (default: PedMasks; semantic: labels)",
+    )
+    parser.add_argument(
+        "--mask-suffix",
+        help="label-maps, semantic-label-maps: map name = image stem + this + .png (default: _mask; "
+        "semantic: none)",
     )
     parser.set_defaults(func=run)
 
@@ -57,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         images_dir=args.images_dir,
         masks_dir=args.masks_dir,
         mask_suffix=args.mask_suffix,
+        categories=args.categories,
+        ignore_index=args.ignore_index,
     )
     print(format_convert_summary(summary))
     return 0

@@ -11,11 +11,20 @@ from instaseg.data.label_maps import read_label_maps
 from instaseg.data.label_studio import read_label_studio
 from instaseg.data.mask_folders import read_mask_folders
 from instaseg.data.records import Dataset, SkipReport
+from instaseg.data.semantic_maps import read_semantic_label_maps
 from instaseg.data.yolo import read_yolo
 
 __all__ = ["SOURCE_FORMATS", "ConvertSummary", "convert", "format_convert_summary", "read_dataset"]
 
-SOURCE_FORMATS = ("coco", "mask-folders", "label-maps", "yolo", "label-studio", "coco-panoptic")
+SOURCE_FORMATS = (
+    "coco",
+    "mask-folders",
+    "label-maps",
+    "yolo",
+    "label-studio",
+    "coco-panoptic",
+    "semantic-label-maps",
+)
 
 
 @dataclass
@@ -43,6 +52,8 @@ def read_dataset(
     images_dir: str | None = None,
     masks_dir: str | None = None,
     mask_suffix: str | None = None,
+    categories: str | Path | None = None,
+    ignore_index: int | None = None,
 ) -> Dataset:
     """Read `source` in one of `SOURCE_FORMATS`. Options a format does not use must stay None.
 
@@ -54,6 +65,9 @@ def read_dataset(
     - coco-panoptic: `source` is the panoptic JSON (its PNGs in the folder of the same name); `image_root`
       (default: the JSON's folder). Segments become instance annotations; categories keep `isthing`. Always
       strict: a bad PNG or segment stops the conversion, naming it.
+    - semantic-label-maps: `source` is the root; `images_dir`, `masks_dir`, `mask_suffix`, `ignore_index`
+      (void, default 0), and `categories` (a JSON file) or `category_name` (comma-separated names of the
+      ids 1, 2, ...). See `instaseg.data.semantic_maps`.
     """
     given = {
         "image_root": image_root,
@@ -62,6 +76,8 @@ def read_dataset(
         "images_dir": images_dir,
         "masks_dir": masks_dir,
         "mask_suffix": mask_suffix,
+        "categories": categories,
+        "ignore_index": ignore_index,
     }
     used = {
         "coco": {"image_root"},
@@ -70,6 +86,14 @@ def read_dataset(
         "yolo": set(),
         "label-studio": {"image_root"},
         "coco-panoptic": {"image_root"},
+        "semantic-label-maps": {
+            "categories",
+            "category_name",
+            "ignore_index",
+            "images_dir",
+            "masks_dir",
+            "mask_suffix",
+        },
     }
     if source_format not in used:
         raise ValueError(
@@ -90,6 +114,10 @@ def read_dataset(
         return read_label_studio(source, options.get("image_root"), **common)
     if source_format == "coco-panoptic":
         return read_coco_panoptic(source, image_root=options.get("image_root"))
+    if source_format == "semantic-label-maps":
+        names = options.pop("category_name", None)
+        category_names = None if names is None else names.split(",")
+        return read_semantic_label_maps(source, category_names=category_names, **options, **common)
     return read_yolo(source, **common)
 
 
@@ -106,6 +134,8 @@ def convert(
     images_dir: str | None = None,
     masks_dir: str | None = None,
     mask_suffix: str | None = None,
+    categories: str | Path | None = None,
+    ignore_index: int | None = None,
 ) -> ConvertSummary:
     """Read `source` (see `read_dataset` for the formats and options) and write it as COCO JSON to `output`.
 
@@ -123,6 +153,8 @@ def convert(
         images_dir=images_dir,
         masks_dir=masks_dir,
         mask_suffix=mask_suffix,
+        categories=categories,
+        ignore_index=ignore_index,
     )
     output = Path(output)
     write_coco(dataset, output)

@@ -77,3 +77,30 @@ def test_only_coco_is_a_target(mask_folders: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["convert", "--from", "mask-folders", str(mask_folders), "--to", "voc", str(tmp_path / "x")])
     assert info.value.code == 2
+
+
+def test_semantic_label_maps_convert_with_category_names(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "scenes"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.fromarray(np.full((6, 8, 3), 90, np.uint8)).save(root / "images" / "s.png")
+    class_map = np.full((6, 8), 255, np.uint8)
+    class_map[:2] = 1
+    class_map[2:, :3] = 2
+    Image.fromarray(class_map).save(root / "labels" / "s.png")
+    out = tmp_path / "scenes.json"
+    argv = ["convert", "--from", "semantic-label-maps", str(root), "--to", "coco", str(out)]
+    assert main([*argv, "--category-name", "sky,road", "--ignore-index", "255"]) == 0
+    written = json.loads(out.read_text())
+    assert [(c["name"], c["isthing"]) for c in written["categories"]] == [("sky", 0), ("road", 0)]
+    assert [(a["category_id"], a["area"], a["iscrowd"]) for a in written["annotations"]] == [
+        (1, 16, 0),
+        (2, 12, 0),
+    ]
+    assert "sky: 1" in capsys.readouterr().out
+    # Without --ignore-index, 0 is void and 255 is a class without a category: the file is named.
+    assert main([*argv, "--category-name", "sky,road", "--strict"]) == 2
+    error = capsys.readouterr().err
+    assert str(root / "labels" / "s.png") in error and "value(s) 255 with no category" in error
+    assert main([*argv, "--category-name", "sky", "--workers", "2"]) == 2
+    assert "workers do not apply to the semantic-label-maps format" in capsys.readouterr().err
