@@ -7,6 +7,8 @@ Routes (OpenAPI schema at `/openapi.json`, browsable at `/docs`):
     GET  /v1/models           registered models: versions, roles, categories, input limits, live state,
                               quality-gate and automatic canary decisions
     GET  /v1/models/{name}
+    POST /v1/embeddings       one image -> its SAM embedding id (cached; prompting.py)
+    POST /v1/segment          prompts (points, boxes) against an embedding id or an image -> masks
     GET  /healthz             the process is up (no model needed)
     GET  /readyz              200 once every deployed model has a production version loaded and warm, else 503
     GET  /metrics             Prometheus text format
@@ -17,6 +19,7 @@ Errors are JSON `{"error": {"status", "kind", "message"}}` (errors.py).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -35,17 +38,25 @@ from instaseg.serving.auth import Authenticator
 from instaseg.serving.canary import CanaryAnalyst
 from instaseg.serving.config import ServingConfig
 from instaseg.serving.deployments import DeploymentManager
-from instaseg.serving.errors import ServiceError
-from instaseg.serving.http_inputs import merge_options, read_predict_inputs
-from instaseg.serving.limits import set_decompression_limit
+from instaseg.serving.errors import NotFound, ServiceError
+from instaseg.serving.http_inputs import (
+    merge_options,
+    read_embedding_image,
+    read_predict_inputs,
+    read_segment_request,
+)
+from instaseg.serving.limits import DecodedImage, decode_image_bytes, set_decompression_limit
 from instaseg.serving.metrics import ServingMetrics
 from instaseg.serving.middleware import BodyLimitMiddleware, MetricsMiddleware
 from instaseg.serving.model_listing import list_models
+from instaseg.serving.prompting import Embedded, Prompts, PromptService
 from instaseg.serving.registry import ModelVersion, open_registry
 from instaseg.serving.sampling import PredictionSampler
 from instaseg.serving.schemas import (
     BatchPredictRequest,
     BatchPredictResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     ErrorResponse,
     HealthResponse,
     ModelOut,
@@ -54,9 +65,12 @@ from instaseg.serving.schemas import (
     PredictRequest,
     PredictResponse,
     ReadyResponse,
+    SegmentRequest,
+    SegmentResponse,
+    instances_to_json,
 )
 from instaseg.serving.served import ServedModel
-from instaseg.serving.service import InferenceService, Served
+from instaseg.serving.service import InferenceService, RawImage, Served
 from instaseg.serving.shadow import ShadowRunner
 
 __all__ = ["create_app"]
@@ -149,6 +163,14 @@ def create_app(
         if config.auth.enabled
         else None
     )
+    promptable = config.promptable
+    prompting = (
+        PromptService(
+            promptable.checkpoint, promptable.cache_bytes, metrics, config.device, promptable.batch_size
+        )
+        if promptable.checkpoint is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -224,6 +246,94 @@ def create_app(
     @v1.get("/models/{name}", response_model=ModelOut, summary="One registered model")
     async def model_detail(name: str) -> dict:
         return (await run_in_threadpool(list_models, registry, deployments, config, name))[0]
+
+    def prompt_service() -> PromptService:
+        if prompting is None:
+            raise NotFound(
+                "no promptable model is configured here (serving config: promptable.checkpoint, a SAM / "
+                "MobileSAM checkpoint)",
+                "no_promptable_model",
+            )
+        return prompting
+
+    async def embed(image_bytes: RawImage) -> tuple[DecodedImage, Embedded, float]:
+        began = time.perf_counter()
+        decoded = await run_in_threadpool(
+            decode_image_bytes, image_bytes.data, image_bytes.source, config.limits
+        )
+        decode_seconds = time.perf_counter() - began
+        embedded = await run_in_threadpool(prompt_service().embed, decoded)
+        return decoded, embedded, decode_seconds
+
+    def embedding_body(embedded: Embedded, decode_s: float, prompt_s: float, started: float) -> dict:
+        height, width = embedded.entry.original_size
+        return {
+            "embedding_id": embedded.embedding_id,
+            "cached": embedded.cached,
+            "image_size": {"height": height, "width": width},
+            "model": prompt_service().describe(),
+            "timing": {
+                "decode_ms": decode_s * 1000,
+                "encode_ms": embedded.encode_seconds * 1000,
+                "prompt_ms": prompt_s * 1000,
+                "total_ms": (time.perf_counter() - started) * 1000,
+            },
+        }
+
+    @v1.post(
+        "/embeddings",
+        response_model=EmbeddingResponse,
+        summary="Embed an image for promptable segmentation (SAM / MobileSAM); cached by its bytes",
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    **_UPLOAD_BODY,
+                    "application/json": {"schema": EmbeddingRequest.model_json_schema()},
+                },
+                "required": True,
+            }
+        },
+    )
+    async def embeddings(request: Request) -> dict:
+        prompt_service()
+        _, embedded, decode_seconds = await embed(await read_embedding_image(request, config))
+        return embedding_body(embedded, decode_seconds, 0.0, request.state.started)
+
+    @v1.post(
+        "/segment",
+        response_model=SegmentResponse,
+        summary="Masks for point / box prompts against an embedding id or an image (batched prompts)",
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": SegmentRequest.model_json_schema()}},
+                "required": True,
+            }
+        },
+    )
+    async def segment(request: Request) -> dict:
+        prompter = prompt_service()
+        parsed, image_bytes = await read_segment_request(request, config)
+        if image_bytes is None:
+            entry = prompter.lookup(parsed.embedding_id)
+            embedded, decode_seconds = Embedded(parsed.embedding_id, entry, True, 0.0), 0.0
+        else:
+            _, embedded, decode_seconds = await embed(image_bytes)
+        prompts = Prompts(parsed.points, parsed.labels, parsed.boxes, parsed.multimask)
+        began = time.perf_counter()
+        found = await run_in_threadpool(prompter.segment, embedded.entry, prompts)
+        prompt_seconds = time.perf_counter() - began
+        instances = instances_to_json(found, {1: "object"}, parsed.mask_format)
+        for item, index, stability in zip(
+            instances,
+            found.fields["prompt_index"].tolist(),
+            found.fields["stability_score"].tolist(),
+            strict=True,
+        ):
+            item.update(prompt_index=index, stability_score=stability)
+        return {
+            **embedding_body(embedded, decode_seconds, prompt_seconds, request.state.started),
+            "instances": instances,
+        }
 
     app.include_router(v1)
 

@@ -12,6 +12,7 @@ drift: {window: 500, psi_threshold: 0.2}
 shadow: {share: 0.1, versions: {nuclei: 4}, max_pending: 16}
 canary: {enabled: true, window_requests: 1000, min_requests: 50, max_error_rate_increase: 0.02,
          max_p95_ratio: 1.5, min_agreement: 0.7, auto_promote_after: 0}
+promptable: {checkpoint: /srv/instaseg/mobile_sam.pt, cache_bytes: 268435456}
 ```
 
 Unknown keys and values of the wrong type raise `ConfigError` naming the dotted key. Relative paths are taken
@@ -231,6 +232,30 @@ class CanaryConfig:
             )
 
 
+# One cached SAM embedding: (1, 256, 64, 64) float32.
+EMBEDDING_BYTES = 256 * 64 * 64 * 4
+
+
+@dataclass(frozen=True)
+class PromptableConfig:
+    """`POST /v1/embeddings` and `/v1/segment`: the SAM / MobileSAM `checkpoint` that answers them (None: the
+    routes answer 404), the byte cap of the embedding cache (4 MiB an image), and the prompts per decoder
+    pass."""
+
+    checkpoint: str | None = None
+    cache_bytes: int = 64 * EMBEDDING_BYTES
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.cache_bytes < EMBEDDING_BYTES:
+            raise ConfigError(
+                f"promptable.cache_bytes must hold one embedding ({EMBEDDING_BYTES} bytes), got "
+                f"{self.cache_bytes}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"promptable.batch_size must be >= 1, got {self.batch_size}")
+
+
 @dataclass(frozen=True)
 class ModelSlo:
     """The objectives of one model name over its predict requests (`/v1/predict`, `/v1/predict/batch`).
@@ -305,6 +330,7 @@ class ServingConfig:
     slo: SloConfig = field(default_factory=SloConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     canary: CanaryConfig = field(default_factory=CanaryConfig)
+    promptable: PromptableConfig = field(default_factory=PromptableConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -164,6 +164,29 @@ class ServingMetrics:
             buckets=_COUNT_DIFFERENCE_BUCKETS,
             registry=self.registry,
         )
+        self.embedding_lookups = Counter(
+            "instaseg_embedding_cache_lookups",
+            "Lookups of image embeddings in the promptable routes' cache, by result (hit, miss)",
+            ("result",),
+            registry=self.registry,
+        )
+        self.embedding_evictions = Counter(
+            "instaseg_embedding_cache_evictions",
+            "Embeddings dropped from the cache (least recently used) to stay under its byte cap",
+            registry=self.registry,
+        )
+        self.embedding_bytes = Gauge(
+            "instaseg_embedding_cache_bytes",
+            "Bytes of embeddings held in the promptable routes' cache",
+            registry=self.registry,
+        )
+        self.prompt_seconds = Histogram(
+            "instaseg_prompt_model_seconds",
+            "Wall time of one promptable model call, by stage (encode: the image, decode: a call's prompts)",
+            ("stage",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
 
     def observe_request(self, route: str, status: int, model: str, version: str, seconds: float) -> None:
@@ -193,6 +216,17 @@ class ServingMetrics:
 
     def shadow_skip(self, model: str, version: str) -> None:
         self.shadow_skipped.labels(model, version).inc()
+
+    def embedding_lookup(self, hit: bool) -> None:
+        self.embedding_lookups.labels("hit" if hit else "miss").inc()
+
+    def embedding_cache_changed(self, held_bytes: int, evicted: int) -> None:
+        self.embedding_bytes.set(held_bytes)
+        if evicted:
+            self.embedding_evictions.inc(evicted)
+
+    def observe_prompt_stage(self, stage: str, seconds: float) -> None:
+        self.prompt_seconds.labels(stage).observe(seconds)
 
     def canary_rolled_back(self, model: str, version: str, reason: str) -> None:
         self.canary_rollbacks.labels(model, version, reason).inc()

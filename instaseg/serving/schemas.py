@@ -145,6 +145,68 @@ class BatchPredictResponse(BaseModel):
     total_ms: float
 
 
+class EmbeddingRequest(BaseModel):
+    """`POST /v1/embeddings` as JSON (multipart: an `image` file field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: ImageInput
+
+
+class SegmentRequest(BaseModel):
+    """`POST /v1/segment`: prompts against a cached embedding (`embedding_id`) or an image sent along (it is
+    embedded and cached first). Pixels of the original image; points are x, y."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embedding_id: str | None = Field(None, description="from POST /v1/embeddings (or an earlier segment)")
+    image: ImageInput | None = None
+    points: list[list[float]] | list[list[list[float]]] | None = Field(
+        None, description="[[x, y], ...] one point set shared by every box, or one set per prompt"
+    )
+    labels: list[int] | list[list[int]] | None = Field(
+        None, description="one per point: 1 foreground, 0 background"
+    )
+    boxes: list[list[float]] | None = Field(None, description="[[x1, y1, x2, y2], ...], one prompt each")
+    multimask: bool = Field(True, description="three masks per prompt (ambiguous clicks), else one")
+    mask_format: MaskFormat = "rle"
+
+    @model_validator(mode="after")
+    def _exactly_one_image(self) -> SegmentRequest:
+        if (self.embedding_id is None) == (self.image is None):
+            raise ValueError("give exactly one of 'embedding_id' and 'image'")
+        return self
+
+
+class PromptModelRef(BaseModel):
+    checkpoint: str = Field(..., description="file name of the SAM / MobileSAM checkpoint")
+    arch: str = Field(..., description="vit_t, vit_b, vit_l, vit_h")
+
+
+class PromptTiming(BaseModel):
+    decode_ms: float = Field(..., description="reading and decoding the uploaded image (0 for an id)")
+    encode_ms: float = Field(..., description="the image encoder (0 when the embedding was cached)")
+    prompt_ms: float = Field(0.0, description="the prompt decoder, all prompts of the call")
+    total_ms: float
+
+
+class EmbeddingResponse(BaseModel):
+    embedding_id: str
+    cached: bool = Field(..., description="the embedding was in the cache already (no encoder call)")
+    image_size: ImageSize
+    model: PromptModelRef
+    timing: PromptTiming
+
+
+class PromptInstanceOut(InstanceOut):
+    prompt_index: int = Field(..., description="which prompt (box, or point set) this mask answers")
+    stability_score: float = Field(..., description="SAM's stability score of the mask")
+
+
+class SegmentResponse(EmbeddingResponse):
+    instances: list[PromptInstanceOut] = Field(..., description="score = the predicted IoU")
+
+
 class CategoryOut(BaseModel):
     id: int
     name: str
