@@ -1,6 +1,6 @@
-"""Evaluation: COCO AP/AR (hotcoco) with one consistent detection cap, Boundary AP, matched-mask IoU, Dice and
-boundary IoU, foreground Dice, the Data Science Bowl score and Panoptic Quality. Definitions:
-docs/evaluation.md."""
+"""Evaluation: COCO AP/AR with one consistent detection cap (mask AP from exact pixel overlaps, box AP by
+hotcoco), Boundary AP, matched-mask IoU, Dice and boundary IoU, foreground Dice, the Data Science Bowl score
+and Panoptic Quality. Definitions: docs/evaluation.md."""
 
 from instaseg.evaluation.coco_eval import STAT_NAMES, CocoMetrics, Match, evaluate_coco, match_detections
 from instaseg.evaluation.dsb import DsbScore, dsb_image_score, dsb_score

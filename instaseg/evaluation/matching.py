@@ -1,10 +1,11 @@
 """COCO matching and accumulation (pycocotools' `evaluateImg` + `accumulate`) for IoUs given as sparse pairs.
 
-Boundary AP and the matched-mask metrics need COCO's matcher on IoUs that no COCO library takes from outside:
-hotcoco computes its own IoUs only (and has no boundary IoU), and faster-coco-eval's matcher accepts them only
-through a Python call per image and category (measured: as slow as hotcoco's whole mask-AP evaluation). So
-the rules are written out here, vectorised over all images. A test checks that, given mask IoUs, every
-accumulated array equals pycocotools' to 1e-9.
+Mask AP, Boundary AP and the matched-mask metrics run COCO's matcher on the IoUs that
+`instance_pairs.collect` counts, which no COCO library takes from outside: hotcoco computes its own IoUs only
+(and has no boundary IoU), and faster-coco-eval's matcher accepts them only through a Python call per image
+and category (measured: as slow as hotcoco's whole mask-AP evaluation). So the rules are written out here,
+vectorised over all images.
+Tests check that, given mask IoUs, every accumulated array equals pycocotools' to 1e-9.
 
 The rules (pycocotools):
 - per image and category, detections in decreasing score (stable), at most `max_dets`; ground truth with
@@ -18,7 +19,8 @@ The rules (pycocotools):
 
 Only pairs with IoU >= 0.5 can ever match (every threshold is >= 0.5), so only those are passed. Where every
 detection and every non-crowd ground truth of a connected part of the pair graph has at most one such pair,
-matching is a comparison per pair; the other parts run the greedy loop above.
+matching is a comparison per pair; the other parts run the greedy loop above, one detection of every part at
+a time, at all thresholds at once (`_greedy`).
 """
 
 from __future__ import annotations
