@@ -6,6 +6,12 @@ bounding-box patch only, so a 1000 x 1400 image with 300 nuclei never needs 300 
 Flips, rotations and integer shifts sample exactly on pixel centres, so they copy pixels unchanged; scaling
 interpolates bilinearly (masks: bilinear, then thresholded at 0.5).
 
+Appearance (after geometry and copy-paste; none of it moves a pixel): brightness / contrast / saturation
+jitter, stain jitter in haematoxylin-eosin-DAB space (Tellez et al. 2018, scikit-image's stain matrices),
+conversion to grey, intensity inversion and Gaussian blur. The last four are there for images of other
+modalities than the training set's: an inverted fluorescence image looks like a brightfield one (dark
+nuclei on a light ground), a stain-jittered H&E patch like another lab's.
+
 Coordinates: boxes are `(N, 4) x1y1x2y2` in pixels with the image spanning [0, W] x [0, H] (pixel corners);
 the affine maps below use these continuous coordinates. Images are `(H, W, 3) uint8` RGB NumPy arrays (as
 `instaseg.io.load_image` returns them). All randomness comes from the `numpy.random.Generator` passed in, so a
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 from instaseg.structures.boxes import box_area
 from instaseg.structures.instances import Instances
@@ -48,6 +55,11 @@ class AugmentConfig:
     - `brightness`, `contrast`, `saturation`: jitter strengths `s`, each factor drawn from [1 - s, 1 + s].
     - `copy_paste`: probability of pasting a random subset of another training image's instances on top
       (Simple Copy-Paste, Ghiasi et al. 2021); the other image goes through the same geometric augmentation.
+    - `stain`: stain jitter strength `s`: each haematoxylin / eosin / DAB channel of the colour deconvolution
+      is scaled by a factor in [1 - s, 1 + s] and shifted by up to +-s/10 (0.05 is a common choice).
+    - `grayscale`: probability of replacing the image by its luma in all three channels.
+    - `invert`: probability of inverting the intensities (255 - x).
+    - `blur`: probability of a Gaussian blur with a sigma (pixels) drawn uniformly from `blur_sigma`.
     """
 
     hflip: float = 0.0
@@ -60,13 +72,18 @@ class AugmentConfig:
     contrast: float = 0.0
     saturation: float = 0.0
     copy_paste: float = 0.0
+    stain: float = 0.0
+    grayscale: float = 0.0
+    invert: float = 0.0
+    blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
 
     def __post_init__(self) -> None:
-        for name in ("hflip", "vflip", "rot90", "copy_paste", "min_visible"):
+        for name in ("hflip", "vflip", "rot90", "copy_paste", "min_visible", "grayscale", "invert", "blur"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"'{name}' must be in [0, 1]; got {value}")
-        for name in ("brightness", "contrast", "saturation"):
+        for name in ("brightness", "contrast", "saturation", "stain"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"'{name}' must be in [0, 1); got {value}")
@@ -82,6 +99,9 @@ class AugmentConfig:
                     "would undo a global scale change (for plain multi-scale training give the model a "
                     "min_size list)"
                 )
+        lo, hi = self.blur_sigma
+        if not 0 < lo <= hi:
+            raise ValueError(f"'blur_sigma' must be [lo, hi] with 0 < lo <= hi; got {list(self.blur_sigma)}")
         if self.crop_size is not None and min(self.crop_size) < 1:
             raise ValueError(f"'crop_size' must be [H, W] with positive sides; got {list(self.crop_size)}")
 
@@ -109,7 +129,7 @@ def augment(
         )
         image, target = copy_paste(image, target, source_image, source_target, rng, config.min_visible)
     image = jitter_colors(image, rng, config.brightness, config.contrast, config.saturation)
-    return image, target
+    return change_modality(image, config, rng), target
 
 
 def _augment_geometry(
@@ -360,6 +380,36 @@ def jitter_colors(
         result = (result - gray) * factors[2] + gray
         np.clip(result, 0, 255, out=result)
     return np.rint(result).astype(np.uint8)
+
+
+def change_modality(image: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Stain jitter, grey, inversion and blur, in that order, each drawn with its own probability (see
+    `AugmentConfig`). Nothing moves, so the target is unchanged; off options draw no random numbers."""
+    if config.stain > 0:
+        image = jitter_stain(image, rng, config.stain)
+    if config.grayscale > 0 and rng.random() < config.grayscale:
+        gray = np.rint(image.astype(np.float32) @ _LUMA).clip(0, 255).astype(np.uint8)
+        image = np.repeat(gray[..., None], 3, axis=2)
+    if config.invert > 0 and rng.random() < config.invert:
+        image = 255 - image
+    if config.blur > 0 and rng.random() < config.blur:
+        sigma = float(rng.uniform(*config.blur_sigma))
+        image = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    return image
+
+
+def jitter_stain(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Haematoxylin-eosin-DAB stain jitter (Tellez et al. 2018): optical densities projected on the three
+    stains (scikit-image's Ruifrok-Johnston matrices), each scaled by alpha in [1 - s, 1 + s] and shifted by
+    beta in [-s/10, s/10], then recomposed. Written out rather than through `rgb2hed` / `hed2rgb`, which
+    clip negative stain amounts: that is lossy for colours outside the H&E gamut (fluorescence, grey
+    images), while this is exactly invertible (alpha 1, beta 0 gives the image back)."""
+    alpha = rng.uniform(1 - strength, 1 + strength, size=3)
+    beta = rng.uniform(-strength / 10, strength / 10, size=3)
+    density = -np.log(np.maximum(image, 1).astype(np.float64) / 255.0)
+    stains = (density @ hed_from_rgb) * alpha + beta
+    recomposed = 255.0 * np.exp(-(stains @ rgb_from_hed))
+    return np.rint(recomposed).clip(0, 255).astype(np.uint8)
 
 
 def _iter_bitmaps(masks: Masks):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from instaseg.data.augment import AffineMap, AugmentConfig, augment, copy_paste, jitter_colors
+from instaseg.data.augment import (
+    AffineMap,
+    AugmentConfig,
+    augment,
+    change_modality,
+    copy_paste,
+    jitter_colors,
+    jitter_stain,
+)
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
 
@@ -213,8 +221,49 @@ def test_copy_paste_needs_masks():
         ({"scale_range": (0.5, 2.0)}, "'scale_range' needs 'crop_size'"),
         ({"scale_range": (2.0, 1.0), "crop_size": (8, 8)}, "0 < lo <= hi"),
         ({"crop_size": (0, 8)}, "positive sides"),
+        ({"invert": 2.0}, "'invert' must be in"),
+        ({"stain": 1.0}, "'stain' must be in"),
+        ({"blur_sigma": (0.0, 1.0)}, "'blur_sigma' must be"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AugmentConfig(**kwargs)
+
+
+def test_inversion_and_grayscale_are_exact_and_leave_the_target_alone():
+    image, target, bitmaps = _sample()
+    inverted, out = augment(image, target, AugmentConfig(invert=1.0), np.random.default_rng(0))
+    np.testing.assert_array_equal(inverted, 255 - image)
+    np.testing.assert_array_equal(out.masks.bitmaps().numpy(), bitmaps)
+    gray = change_modality(image, AugmentConfig(grayscale=1.0), np.random.default_rng(0))
+    luma = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(gray[..., 0].astype(np.float64) - luma).max() <= 0.5 + 1e-6
+    assert (gray == gray[..., :1]).all()
+
+
+def test_blur_smooths_and_keeps_the_mean():
+    image = _sample()[0]
+    blurred = change_modality(image, AugmentConfig(blur=1.0, blur_sigma=(1.0, 1.0)), np.random.default_rng(0))
+    assert blurred.shape == image.shape and blurred.dtype == np.uint8
+    assert np.diff(blurred.astype(float), axis=1).std() < 0.6 * np.diff(image.astype(float), axis=1).std()
+    assert abs(blurred.mean() - image.mean()) < 2.0
+
+
+def test_stain_jitter_round_trips_and_changes_colour_only_within_its_strength():
+    image = np.random.default_rng(1).integers(30, 230, (H, W, 3), dtype=np.uint8)
+    # alpha = 1, beta = 0: scikit-image's deconvolution and reconstruction give the image back
+    identity = jitter_stain(image, np.random.default_rng(0), 0.0)
+    assert np.abs(identity.astype(int) - image).max() <= 1
+    jittered = jitter_stain(image, np.random.default_rng(0), 0.1)
+    change = np.abs(jittered.astype(int) - image)
+    assert change.max() > 1 and change.mean() < 40
+    again = change_modality(image, AugmentConfig(stain=0.1), np.random.default_rng(0))
+    np.testing.assert_array_equal(again, jittered)  # the same draws, the same image
+
+
+def test_modality_options_off_draw_no_random_numbers():
+    image = _sample()[0]
+    rng = np.random.default_rng(0)
+    assert change_modality(image, AugmentConfig(), rng) is image
+    assert rng.random() == np.random.default_rng(0).random()
