@@ -173,11 +173,16 @@ def collect(
     return _assembled(chunks, parts, len(results), gt.annotation_ids.size, num_images, min_score)
 
 
+# The per-image counts of `Claims`, in its field order.
+_FOREGROUND = ("fg_pred", "fg_gt", "fg_both")
+
+
 def _assembled(
     chunks: list[_Chunk], parts: list[InstancePairs], n: int, g: int, num_images: int, min_score: float
 ) -> InstancePairs:
     """The counts of all chunks: the per-chunk arrays of `parts` (indexed like the chunk's `dt`, `gt`,
-    `images`) put in place, the pairs (already in global indices) concatenated in chunk order."""
+    `images`) put in place, the pairs (already in global indices) concatenated in chunk order. Every part
+    counted the same things (bands, claims or not)."""
     dt = np.concatenate([c.dt for c in chunks])
     gt = np.concatenate([c.gt for c in chunks])
     images = np.concatenate([c.images for c in chunks])
@@ -188,23 +193,22 @@ def _assembled(
         return out
 
     bands = claims = None
-    first = parts[0]
-    if first.bands is not None:
-        chunk_bands = [p.bands for p in parts if p.bands is not None]
+    chunk_bands = [p.bands for p in parts if p.bands is not None]
+    if chunk_bands:
         bands = Bands(
             Pairs.concatenate([b.pairs for b in chunk_bands]),
             placed([b.dt_area for b in chunk_bands], dt, n),
             placed([b.gt_area for b in chunk_bands], gt, g),
         )
-    if first.claims is not None:
-        chunk_claims = [p.claims for p in parts if p.claims is not None]
+    chunk_claims = [p.claims for p in parts if p.claims is not None]
+    if chunk_claims:
         claims = Claims(
             min_score,
             placed([c.dt_area for c in chunk_claims], dt, n),
             Pairs.concatenate([c.pairs for c in chunk_claims]),
             placed([c.gt_area for c in chunk_claims], gt, g),
             Pairs.concatenate([c.panoptic for c in chunk_claims]),
-            *(placed([getattr(c, name) for c in chunk_claims], images, num_images) for name in FOREGROUND),
+            *(placed([getattr(c, name) for c in chunk_claims], images, num_images) for name in _FOREGROUND),
         )
     return InstancePairs(
         placed([p.dt_area for p in parts], dt, n),
@@ -213,9 +217,6 @@ def _assembled(
         bands,
         claims,
     )
-
-
-FOREGROUND = ("fg_pred", "fg_gt", "fg_both")
 
 
 def _count_chunk(
@@ -236,7 +237,7 @@ def _count_chunk(
     dt_runs = foreground_runs(results.masks, dt_sel, chunk.offset[dt_image])
     gt_runs = foreground_runs(gt.masks, gt_sel, chunk.offset[gt_image])
     dts, gts = line.cut([dt_runs, gt_runs], chunk.offset)
-    a, b, count = pair_counts(dts, None, gts, None, line.table, dt_image, gt_image, num_chunk)
+    a, b, count = pair_counts(dts, None, gts, None, dt_image, gt_image, num_chunk)
     bands = None
     if dilation is not None:
         iou = count / (dt_runs.area[a] + gt_runs.area[b] - count)
@@ -285,7 +286,7 @@ def _chunk_bands(
     dts, gts = line.cut([dt_band.shifted(dt_offset), gt_band.shifted(gt_offset)], chunk.offset)
     dt_image = dt_image_index - int(chunk.images[0])
     gt_image = gt_image_index - int(chunk.images[0])
-    a, b, count = pair_counts(dts, None, gts, None, line.table, dt_image, gt_image, num_chunk)
+    a, b, count = pair_counts(dts, None, gts, None, dt_image, gt_image, num_chunk)
     return Bands(Pairs(dt_sel[a], gt_sel[b], count), dt_band.area, gt_band.area)
 
 
@@ -303,7 +304,7 @@ def _chunk_claims(
     gt_kept = owners(gts, gt_sel.astype(np.int64))
     # The claimed detections do not overlap: drawn as the one-layer side, once for both counts.
     (b, a, count), (pb, pa, pcount) = pair_counts(
-        gts, [real, gt_kept], dts, claimed, line.table, gt_image, dt_image, num_chunk
+        gts, [real, gt_kept], dts, claimed, gt_image, dt_image, num_chunk
     )
     predicted = np.zeros(dts.length.size, dtype=bool)
     predicted[dts.piece[claimed]] = True

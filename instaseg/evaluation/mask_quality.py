@@ -55,7 +55,7 @@ def boundary_iou(dt_rle: dict, gt_rle: dict, dilation_ratio: float = BOUNDARY_DI
     ]
     line = Line(height * width)
     dt, gt = line.cut(bands, zero)
-    _, _, shared = pair_counts(dt, None, gt, None, line.table, zero, zero, 1)
+    _, _, shared = pair_counts(dt, None, gt, None, zero, zero, 1)
     union = int(bands[0].area.sum() + bands[1].area.sum() - shared.sum())
     return float(shared.sum() / union) if union else 0.0
 

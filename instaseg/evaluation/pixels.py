@@ -32,8 +32,8 @@ import numpy as np
 
 from instaseg.evaluation.validation import MaskColumns
 
-# Images per chunk are chosen so that a chunk's line holds at most this many pixels: the piece tables of a
-# chunk (int32, one entry per pixel of the line) then stay a few MB.
+# Images per chunk are chosen so that a chunk's line holds at most this many pixels: the tables of a line
+# (`Line`, 5 bytes per pixel) then stay a few MB.
 CANVAS_PIXELS = 1 << 21
 # Crops of one erosion are padded to a multiple of this many pixels across (fewer, larger OpenCV calls).
 CROP_ALIGN = 8
@@ -106,12 +106,12 @@ def foreground_runs(masks: MaskColumns, selection: np.ndarray, canvas_offset: np
 
 
 class Line:
-    """Scratch tables for one chunk's line of `size` pixels, reused from chunk to chunk (one per thread)."""
+    """Scratch tables for one chunk's line of `size` pixels, reused from chunk to chunk (one per thread):
+    which positions are run ends, and the piece index of each."""
 
     def __init__(self, size: int) -> None:
         self.marks = np.zeros(size + 1, dtype=bool)
         self.index = np.zeros(size + 1, dtype=np.int32)
-        self.table = np.full(size + 1, -1, dtype=np.int32)
 
     def cut(self, run_sets: list[Runs], image_offset: np.ndarray) -> list[Pieces]:
         """The pieces of every set, all runs cut at every run end of all sets (see the module docstring);
@@ -150,9 +150,9 @@ def owners(pieces: Pieces, rank: np.ndarray, keep: np.ndarray | None = None) -> 
     return keep & (owner[pieces.piece] == entry_priority)
 
 
-def _layers(pieces: np.ndarray, labels: np.ndarray, table: np.ndarray) -> Iterator[np.ndarray]:
-    """Piece -> label tables that together hold every (piece, label) entry once, drawn on `table` (int32,
-    all -1; left all -1 again afterwards)."""
+def _layers(pieces: np.ndarray, labels: np.ndarray, num_pieces: int) -> Iterator[np.ndarray]:
+    """Piece -> label tables (int32, -1 where no label) that together hold every (piece, label) entry once."""
+    table = np.full(num_pieces, -1, dtype=np.int32)
     remaining = np.arange(pieces.size)
     while remaining.size:
         layer_pieces = pieces[remaining]
@@ -168,16 +168,14 @@ def pair_counts(
     a_keep: np.ndarray | list[np.ndarray] | None,
     b: Pieces,
     b_keep: np.ndarray | None,
-    table: np.ndarray,
     a_image: np.ndarray,
     b_image: np.ndarray,
     num_images: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shared pixels of every mask of `a` with every mask of `b` of the same image (`a_image`, `b_image`: the
     image of each mask, 0 .. num_images - 1), counting only entries where `a_keep` / `b_keep` (E,) hold.
-    `a` and `b` are pieces of one `Line.cut`. `table`: an int32 scratch table, all -1, with a slot per
-    piece (left as it was found). `b` is drawn on it, one layer per depth of overlap: pass the set with
-    less overlap (ideally none) as `b`.
+    `a` and `b` are pieces of one `Line.cut`. `b` is drawn into piece -> mask tables, one layer per depth of
+    overlap: pass the set with less overlap (ideally none) as `b`.
 
     Returns `(a_index, b_index, count)` for the pairs that share at least one pixel, ordered by image, then
     `a_index`, then `b_index`; with a list of `a_keep` masks, a list of such triples, one per mask, from one
@@ -202,7 +200,7 @@ def pair_counts(
     entry_base = a_base[a_mask]
     codes, found_entries = [], []
     looking = np.arange(a_piece.size)  # a piece empty in one layer is empty in every later one
-    for layer in _layers(b_piece, b_local[b_mask], table):
+    for layer in _layers(b_piece, b_local[b_mask], a.length.size):
         hit = layer[a_piece[looking]]
         found = hit >= 0
         looking = looking[found]
