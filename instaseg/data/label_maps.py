@@ -10,6 +10,7 @@ sorted image names (skipped images keep their number).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from instaseg.data.records import (
 from instaseg.io.images import ImageReadError
 from instaseg.structures.masks import encode_rle
 
-__all__ = ["read_label_map", "read_label_maps"]
+__all__ = ["read_label_map", "read_label_maps", "read_paired_maps"]
 
 
 def read_label_maps(
@@ -50,8 +51,36 @@ def read_label_maps(
     `DatasetError` when `strict`; so does a label map without an image.
     """
     root = Path(root)
-    image_folder, label_folder = root / images_dir, root / masks_dir
-    for folder in (image_folder, label_folder):
+    log = ProblemLog(strict)
+    images = read_paired_maps(
+        root, images_dir, masks_dir, mask_suffix, "label map", read_label_map, _instances, log, decode_images
+    )
+    return Dataset(images, [CategoryRecord(1, category_name)], root, log.reports)
+
+
+def _instances(label_map: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(category 1, (H, W) bool mask) of each instance id of a label map, by id."""
+    return [(1, label_map == instance_id) for instance_id in np.unique(label_map) if instance_id != 0]
+
+
+def read_paired_maps(
+    root: Path,
+    images_dir: str,
+    masks_dir: str,
+    mask_suffix: str,
+    noun: str,
+    read_map: Callable[[Path, int, int], tuple[np.ndarray | None, str | None]],
+    segments: Callable[[np.ndarray], Iterable[tuple[int, np.ndarray]]],
+    log: ProblemLog,
+    decode_images: bool,
+) -> list[ImageRecord]:
+    """The images of `root / images_dir` with their maps `root / masks_dir / <stem><mask_suffix>.png` as
+    records (image ids 1, 2, ... over the sorted names; `noun` names a map in messages).
+    `read_map(path, H, W)` gives the (H, W) map or None and why not (the image is skipped); `segments(map)`
+    its annotations as (category id, (H, W) bool mask). A bad image, a missing map and a map without an
+    image go to `log`."""
+    image_folder, map_folder = root / images_dir, root / masks_dir
+    for folder in (image_folder, map_folder):
         if not folder.is_dir():
             raise DatasetError(folder, "dataset layout", "no such folder")
     image_paths = sorted(
@@ -59,40 +88,37 @@ def read_label_maps(
     )
     if not image_paths:
         raise DatasetError(image_folder, "dataset layout", f"no image files ({', '.join(IMAGE_SUFFIXES)})")
-    log = ProblemLog(strict)
     images = []
-    used_label_maps = set()
+    used_maps = set()
     next_annotation_id = 1
     for image_id, image_path in enumerate(image_paths, start=1):
-        label_path = label_folder / f"{image_path.stem}{mask_suffix}.png"
-        used_label_maps.add(label_path.name)
+        map_path = map_folder / f"{image_path.stem}{mask_suffix}.png"
+        used_maps.add(map_path.name)
         record = f"image '{image_path.name}'"
         try:
             height, width = check_image(image_path, decode_images)
         except ImageReadError as exc:
             log.report(image_path, record, f"{exc.reason}; the image is skipped")
             continue
-        if not label_path.is_file():
-            log.report(label_path, record, "no label map for this image; the image is skipped")
+        if not map_path.is_file():
+            log.report(map_path, record, f"no {noun} for this image; the image is skipped")
             continue
-        label_map, problem = read_label_map(label_path, height, width)
-        if label_map is None:
-            log.report(label_path, record, f"{problem}; the image is skipped")
+        array, problem = read_map(map_path, height, width)
+        if array is None:
+            log.report(map_path, record, f"{problem}; the image is skipped")
             continue
         annotations = []
-        for instance_id in np.unique(label_map):
-            if instance_id == 0:
-                continue
-            rle = encode_rle((label_map == instance_id)[None])[0]
+        for category_id, mask in segments(array):
+            rle = encode_rle(mask[None])[0]
             bbox, area = bbox_and_area(rle)
-            annotations.append(AnnotationRecord(next_annotation_id, 1, rle, bbox, area))
+            annotations.append(AnnotationRecord(next_annotation_id, category_id, rle, bbox, area))
             next_annotation_id += 1
         file_name = image_path.relative_to(root).as_posix()
         images.append(ImageRecord(image_id, file_name, height, width, annotations))
-    for label_path in sorted(label_folder.glob(f"*{mask_suffix}.png")):
-        if label_path.name not in used_label_maps:
-            log.report(label_path, "label map", f"no image in {images_dir}/ for this label map")
-    return Dataset(images, [CategoryRecord(1, category_name)], root, log.reports)
+    for map_path in sorted(map_folder.glob(f"*{mask_suffix}.png")):
+        if map_path.name not in used_maps:
+            log.report(map_path, noun, f"no image in {images_dir}/ for this {noun}")
+    return images
 
 
 def read_label_map(path: Path, height: int, width: int) -> tuple[np.ndarray | None, str | None]:

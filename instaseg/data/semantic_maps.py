@@ -21,21 +21,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from instaseg.data.label_maps import read_paired_maps
 from instaseg.data.records import (
-    IMAGE_SUFFIXES,
-    AnnotationRecord,
     CategoryRecord,
     Dataset,
     DatasetError,
-    ImageRecord,
     ProblemLog,
-    bbox_and_area,
-    check_image,
     read_one_channel_png,
     size_problem,
 )
-from instaseg.io.images import ImageReadError
-from instaseg.structures.masks import encode_rle
 
 __all__ = ["read_categories_file", "read_class_map", "read_semantic_label_maps"]
 
@@ -63,46 +57,18 @@ def read_semantic_label_maps(
     root = Path(root)
     records = _categories(categories, category_names, ignore_index)
     isthing = {category.id: bool(category.extra["isthing"]) for category in records}
-    image_folder, map_folder = root / images_dir, root / masks_dir
-    for folder in (image_folder, map_folder):
-        if not folder.is_dir():
-            raise DatasetError(folder, "dataset layout", "no such folder")
-    image_paths = sorted(
-        p for p in image_folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not image_paths:
-        raise DatasetError(image_folder, "dataset layout", f"no image files ({', '.join(IMAGE_SUFFIXES)})")
     log = ProblemLog(strict)
-    images = []
-    used_maps = set()
-    next_annotation_id = 1
-    for image_id, image_path in enumerate(image_paths, start=1):
-        map_path = map_folder / f"{image_path.stem}{mask_suffix}.png"
-        used_maps.add(map_path.name)
-        record = f"image '{image_path.name}'"
-        try:
-            height, width = check_image(image_path, decode_images)
-        except ImageReadError as exc:
-            log.report(image_path, record, f"{exc.reason}; the image is skipped")
-            continue
-        if not map_path.is_file():
-            log.report(map_path, record, "no class map for this image; the image is skipped")
-            continue
-        class_map, problem = read_class_map(map_path, height, width, set(isthing), ignore_index)
-        if class_map is None:
-            log.report(map_path, record, f"{problem}; the image is skipped")
-            continue
-        annotations = []
-        for category_id, mask in _segments(class_map, ignore_index, isthing):
-            rle = encode_rle(mask[None])[0]
-            bbox, area = bbox_and_area(rle)
-            annotations.append(AnnotationRecord(next_annotation_id, category_id, rle, bbox, area))
-            next_annotation_id += 1
-        file_name = image_path.relative_to(root).as_posix()
-        images.append(ImageRecord(image_id, file_name, height, width, annotations))
-    for map_path in sorted(map_folder.glob(f"*{mask_suffix}.png")):
-        if map_path.name not in used_maps:
-            log.report(map_path, "class map", f"no image in {images_dir}/ for this class map")
+    images = read_paired_maps(
+        root,
+        images_dir,
+        masks_dir,
+        mask_suffix,
+        "class map",
+        lambda path, height, width: read_class_map(path, height, width, set(isthing), ignore_index),
+        lambda class_map: _segments(class_map, ignore_index, isthing),
+        log,
+        decode_images,
+    )
     return Dataset(images, records, root, log.reports)
 
 

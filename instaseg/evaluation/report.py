@@ -44,7 +44,7 @@ REPORT_IOU_TYPES = ("segm", "bbox")
 METRICS = ("ap", "boundary_ap", "matched", "foreground_dice", "dsb", "pq")
 SEGM_ONLY = ("boundary_ap", "matched", "foreground_dice", "dsb", "pq")
 # The metrics made of detections made non-overlapping (`instance_pairs.Claims`).
-CLAIMS = ("foreground_dice", "dsb", "pq")
+CLAIM_METRICS = ("foreground_dice", "dsb", "pq")
 
 
 def _coco_section(metrics: CocoMetrics) -> dict:
@@ -124,7 +124,7 @@ def _report(
             checked,
             columns,
             boundary="boundary_ap" in chosen or "matched" in chosen,
-            claims=bool(set(chosen) & set(CLAIMS)),
+            claims=bool(set(chosen) & set(CLAIM_METRICS)),
             min_score=min_score,
         )
     if "ap" in chosen:
