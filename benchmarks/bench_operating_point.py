@@ -1,7 +1,7 @@
 """Choose the post-processing operating point for the DSB score on training images, then report it on val.
 
 Run: `.venv/bin/python benchmarks/bench_operating_point.py --model CKPT --train TRAIN.json --val VAL.json
-[--train-images 100]`
+[--train-images 100] [--score-thresholds 0.5 0.6 0.7 0.8]`
 
 COCO AP ranks detections by score and needs no threshold, but the Data Science Bowl score counts every mask a
 method outputs (made non-overlapping by the metric itself): it depends on the score threshold, and through
@@ -34,9 +34,11 @@ def predict(predictor: Predictor, gt: dict, gt_path: Path) -> list[tuple[int, In
     return [(entry["id"], predictor.predict(gt_path.parent / entry["file_name"])) for entry in gt["images"]]
 
 
-def dsb_scores(gt: dict, predictions: list[tuple[int, Instances]]) -> dict[tuple[float, float], float]:
+def dsb_scores(
+    gt: dict, predictions: list[tuple[int, Instances]], score_thresholds: tuple[float, ...]
+) -> dict[tuple[float, float], float]:
     scores = {}
-    for score_threshold, mask_threshold in itertools.product(SCORE_THRESHOLDS, MASK_THRESHOLDS):
+    for score_threshold, mask_threshold in itertools.product(score_thresholds, MASK_THRESHOLDS):
         options = PostprocessOptions(score_threshold=score_threshold, mask_threshold=mask_threshold)
         results = []
         for image_id, instances in predictions:
@@ -52,6 +54,14 @@ def main() -> int:
     parser.add_argument("--train", type=Path, required=True)
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--train-images", type=int, default=100)
+    parser.add_argument(
+        "--score-thresholds",
+        type=float,
+        nargs="+",
+        default=SCORE_THRESHOLDS,
+        help="candidates (default 0.5-0.8, for Mask R-CNN's classifier scores; CondInst's quality-focal "
+        "scores estimate the IoU and run lower)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     # Every detection (COCO's 0.05): the thresholds are applied per grid point below.
@@ -67,9 +77,10 @@ def main() -> int:
         "annotations": [a for a in train["annotations"] if a["image_id"] in ids],
     }
     val = json.loads(args.val.read_text())
-    on_train = dsb_scores(train, predict(predictor, train, args.train))
+    candidates = tuple(args.score_thresholds)
+    on_train = dsb_scores(train, predict(predictor, train, args.train), candidates)
     chosen = max(on_train, key=on_train.get)
-    on_val = dsb_scores(val, predict(predictor, val, args.val))
+    on_val = dsb_scores(val, predict(predictor, val, args.val), candidates)
     print(
         f"model {args.model or 'bundled default'}; {len(entries)} training images, {len(val['images'])} val"
     )

@@ -29,7 +29,7 @@ from instaseg.export.tracing import trace_to_onnx
 from instaseg.io.atomic import atomic_write
 from instaseg.io.files import file_sha256
 from instaseg.models.condinst.model import CondInst
-from instaseg.models.default_model import default_model_path
+from instaseg.models.default_model import bundled_model_source
 from instaseg.models.loading import load_model
 from instaseg.models.mask_head import SubpixelMaskPredictor
 from instaseg.models.mask_rcnn import MaskRCNN
@@ -189,7 +189,7 @@ def export_model(source: str | Path | None, path: str | Path, **options: Any) ->
     model name or config; None: the bundled default model) to `path`; the file's categories, operating point
     and sha256 go into the metadata. `options` are `export_onnx`'s. A SAM / MobileSAM checkpoint gives its
     encoder and decoder graphs beside `path` instead (`sam_onnx.export_sam`; only `opset` applies)."""
-    source = default_model_path() if source is None else source
+    source = bundled_model_source(source)
     if Path(source).suffix == ".onnx":
         raise ExportError(
             f"{source} is already an ONNX file; export takes a PyTorch checkpoint or a model name"
@@ -241,10 +241,9 @@ def model_source_for_backend(source: str | Path | None, backend: str | None) -> 
     the cache (`onnx_model_file`); an `.onnx` file cannot run on "torch"."""
     if backend not in (None, *BACKENDS):
         raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if source is None:
-        if backend != "onnx":
-            return None
-        source = default_model_path()
+    if source is None and backend != "onnx":
+        return None
+    source = bundled_model_source(source)
     is_onnx = Path(source).suffix == ".onnx"
     if backend == "torch" and is_onnx:
         raise ValueError(f"{source} is an ONNX file: it runs on the onnx backend (--backend onnx)")

@@ -45,7 +45,7 @@ from instaseg.inference.tta import TTAOptions
 from instaseg.io.atomic import atomic_write
 from instaseg.io.files import file_sha256
 from instaseg.io.images import IMAGE_SUFFIXES, load_image_bytes, natural_sort_key, to_tensor
-from instaseg.models.default_model import default_model_path
+from instaseg.models.default_model import bundled_model_source
 from instaseg.models.loading import ModelSource
 
 __all__ = ["OUTPUT_FORMATS", "RayClusterError", "RayOptions", "RayPredictionSummary", "predict_with_ray"]
@@ -255,8 +255,7 @@ def _is_model_object(model: ModelSource) -> bool:
 def _model_identity(source: ModelSource) -> tuple[str, str]:
     """(model name for the rows, sha256 that keys resuming): a file's name and hash; a model name (random
     weights) hashes its name; a model object hashes its pickled bytes (what the actors receive)."""
-    if source is None:
-        source = default_model_path()
+    source = bundled_model_source(source)
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_file():

@@ -12,6 +12,13 @@ from importlib import resources
 from pathlib import Path
 
 DEFAULT_MODEL_FILE = "nuclei_efficientnet_lite0.pt"
+# The models that ship in the package, by the name `load_model`, `--model` and the service accept. The default
+# is `nuclei_maskrcnn`; `nuclei_condinst` is the single-stage model: several times faster, less accurate
+# (both model cards in docs/models.md).
+BUNDLED_MODELS = {
+    "nuclei_maskrcnn": DEFAULT_MODEL_FILE,
+    "nuclei_condinst": "nuclei_condinst_efficientnet_lite0.pt",
+}
 
 
 def default_model_path() -> Path:
@@ -23,6 +30,18 @@ def default_model_path() -> Path:
             "or name a model with --model"
         )
     return path
+
+
+def bundled_model_source(source: str | Path | None) -> str | Path:
+    """The file behind a bundled model name (None: the default model); any other source unchanged."""
+    if source is None:
+        return default_model_path()
+    if isinstance(source, str) and source in BUNDLED_MODELS:
+        path = _asset("models", BUNDLED_MODELS[source])
+        if not path.is_file():
+            raise FileNotFoundError(f"bundled model {source!r} is missing from this installation ({path})")
+        return path
+    return source
 
 
 def held_out_samples_path() -> Path:

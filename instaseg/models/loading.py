@@ -2,7 +2,8 @@
 
 Sources, tried in this order:
 - a model object that implements the protocol: returned as it is;
-- None: the bundled default model (`instaseg.models.default_model`);
+- None, or a bundled model's name (`BUNDLED_MODELS`: `nuclei_maskrcnn`, the default, `nuclei_condinst`): the
+  model file shipped in the package (`instaseg.models.default_model`);
 - a name of `MODEL_CONFIGS` (Mask R-CNN) or of `CONDINST_CONFIGS` (CondInst), or a Mask R-CNN model-config
   file (`.yaml` / `.yml` / `.json`): random weights, for tests,
   timing and training starts;
@@ -25,7 +26,7 @@ from instaseg.models.coco_names import COCO_CATEGORY_NAMES
 from instaseg.models.condinst.build import CONDINST_CONFIGS, build_condinst, load_condinst_weights
 from instaseg.models.condinst.config import CondInstConfig
 from instaseg.models.config import MaskRCNNConfig
-from instaseg.models.default_model import default_model_path
+from instaseg.models.default_model import BUNDLED_MODELS, bundled_model_source
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.model_file import ModelFile, WeightsError, read_weights
 from instaseg.models.promptable import PromptableConfig, build_promptable
@@ -43,8 +44,7 @@ def load_model(source: ModelSource = None) -> SegmentationModel:
     `WeightsError` / `ConfigError` / `OnnxModelError` (all `ValueError`s) naming the file and the problem."""
     if isinstance(source, SegmentationModel):
         return source
-    if source is None:
-        source = default_model_path()
+    source = bundled_model_source(source)
     if isinstance(source, str) and source in MODEL_CONFIGS:
         return build(source)
     if isinstance(source, str) and source in CONDINST_CONFIGS:
@@ -55,7 +55,7 @@ def load_model(source: ModelSource = None) -> SegmentationModel:
     if not path.is_file():
         raise FileNotFoundError(
             f"model {str(source)!r} is neither a file nor a model name "
-            f"({', '.join([*MODEL_CONFIGS, *CONDINST_CONFIGS])})"
+            f"({', '.join([*BUNDLED_MODELS, *MODEL_CONFIGS, *CONDINST_CONFIGS])})"
         )
     if path.suffix == ".onnx":
         # onnxruntime only when an ONNX file is asked for
