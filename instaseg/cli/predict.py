@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         help="an instaseg model file or checkpoint, an exported .onnx file, a torchvision-layout Mask R-CNN "
         "state dict (COCO category names), a bundled model (nuclei_maskrcnn, the default; nuclei_condinst, "
-        "5x faster, less accurate), or an architecture name (e.g. maskrcnn_resnet50_fpn, random weights)",
+        "~5x faster, less accurate), or an architecture name (e.g. maskrcnn_resnet50_fpn, random weights)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("predictions"), help="output folder (default predictions)"
