@@ -27,7 +27,13 @@ from torch import nn
 
 from instaseg.io.atomic import atomic_write
 from instaseg.models.sam import Sam
-from instaseg.models.sam.prompt_encoder import PADDING_LABEL
+from instaseg.models.sam.onnx_sam import ARCH_METADATA_KEY
+from instaseg.models.sam.prompt_encoder import (
+    BOX_BOTTOM_RIGHT,
+    BOX_TOP_LEFT,
+    PADDING_LABEL,
+    decoder_inputs,
+)
 
 __all__ = [
     "SamDecoderGraph",
@@ -43,7 +49,6 @@ ENCODER_INPUTS = ("image",)
 ENCODER_OUTPUTS = ("image_embeddings",)
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
-BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 2, 3
 
 
 class SamEncoderGraph(nn.Module):
@@ -95,29 +100,6 @@ class SamDecoderGraph(nn.Module):
         return self.mask_decoder.masks(state), state.iou
 
 
-def decoder_inputs(
-    point_coords: torch.Tensor | None,
-    point_labels: torch.Tensor | None,
-    boxes: torch.Tensor | None,
-    count: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points `(B, N, 2)` / labels `(B, N)` and boxes `(B, 4)`, all in the 1024 input frame (either may be
-    None) -> the decoder graph's `point_coords (B, N', 2)` and `point_labels (B, N')`: the points, then the
-    box corners (labels 2, 3), or one padding point when there is no box."""
-    coords = [torch.zeros(count, 0, 2)]
-    labels = [torch.zeros(count, 0)]
-    if point_coords is not None:
-        coords.append(point_coords.float())
-        labels.append(point_labels.float())
-    if boxes is not None:
-        coords.append(boxes.float().reshape(count, 2, 2))
-        labels.append(torch.tensor([[BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]], dtype=torch.float32).expand(count, 2))
-    else:
-        coords.append(torch.zeros(count, 1, 2))
-        labels.append(torch.full((count, 1), float(PADDING_LABEL)))
-    return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
-
-
 @dataclass(frozen=True)
 class SamExport:
     """The two graphs `export_sam` wrote, and the architecture they came from (`vit_t`, `vit_b`, ...)."""
@@ -138,9 +120,8 @@ def export_sam(model: Sam, path: str | Path, opset: int = 18) -> SamExport:
 def export_sam_encoder(model: Sam, path: str | Path, opset: int = 18) -> Path:
     """Write the encoder graph of `model` to `path` (an `.onnx` file)."""
     example = torch.zeros(1, 3, model.image_size, model.image_size)
-    return _export(
-        SamEncoderGraph(model.eval()), (example,), ENCODER_INPUTS, ENCODER_OUTPUTS, None, path, opset
-    )
+    graph = SamEncoderGraph(model.eval())
+    return _export(graph, (example,), ENCODER_INPUTS, ENCODER_OUTPUTS, None, path, opset, model.arch)
 
 
 def export_sam_decoder(model: Sam, path: str | Path, opset: int = 18) -> Path:
@@ -164,9 +145,8 @@ def export_sam_decoder(model: Sam, path: str | Path, opset: int = 18) -> Path:
         {0: batch},
         {0: batch},
     )
-    return _export(
-        SamDecoderGraph(model.eval()), example, DECODER_INPUTS, DECODER_OUTPUTS, dynamic, path, opset
-    )
+    graph = SamDecoderGraph(model.eval())
+    return _export(graph, example, DECODER_INPUTS, DECODER_OUTPUTS, dynamic, path, opset, model.arch)
 
 
 def _export(
@@ -177,6 +157,7 @@ def _export(
     dynamic_shapes: tuple | None,
     path: str | Path,
     opset: int,
+    arch: str,
 ) -> Path:
     path = Path(path)
     with torch.no_grad():
@@ -191,9 +172,11 @@ def _export(
             external_data=False,
             verbose=False,
         )
+    proto = program.model_proto
+    proto.metadata_props.add(key=ARCH_METADATA_KEY, value=arch)  # OnnxSam reports it
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as stream:
-        stream.write(program.model_proto.SerializeToString())
+        stream.write(proto.SerializeToString())
     return path
 
 

@@ -238,9 +238,9 @@ EMBEDDING_BYTES = 256 * 64 * 64 * 4
 
 @dataclass(frozen=True)
 class PromptableConfig:
-    """`POST /v1/embeddings` and `/v1/segment`: the SAM / MobileSAM `checkpoint` that answers them (None: the
-    routes answer 404), the byte cap of the embedding cache (4 MiB an image), and the prompts per decoder
-    pass."""
+    """`POST /v1/embeddings` and `/v1/segment`: the SAM / MobileSAM `checkpoint` that answers them (an
+    `instaseg export` of one, `sam.onnx`, runs on ONNX Runtime; None: the routes answer 404), the byte cap of
+    the embedding cache (4 MiB an image), and the prompts per decoder pass."""
 
     checkpoint: str | None = None
     cache_bytes: int = 64 * EMBEDDING_BYTES

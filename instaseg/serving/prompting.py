@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from instaseg.models.sam import Sam
 from instaseg.models.sam.checkpoint import SamCheckpointError, load_sam
+from instaseg.models.sam.onnx_sam import OnnxSam
 from instaseg.models.sam.predictor import PromptError, SamPredictor
 from instaseg.serving.errors import BadInput, NotFound
 from instaseg.serving.limits import DecodedImage
@@ -103,7 +105,8 @@ class Prompts:
 
 
 class PromptService:
-    """A SAM / MobileSAM checkpoint behind the two routes (see the module docstring)."""
+    """A SAM / MobileSAM checkpoint behind the two routes (see the module docstring); a `.onnx` path names the
+    two graphs of an export, run on ONNX Runtime (`OnnxSam`, CPU)."""
 
     def __init__(
         self,
@@ -114,8 +117,11 @@ class PromptService:
         batch_size: int = 64,
     ) -> None:
         try:
-            self.model = load_sam(checkpoint, map_location=device)
-        except SamCheckpointError as error:
+            # An export (`instaseg export --model SAM --out sam.onnx`) runs on ONNX Runtime.
+            self.model: Sam | OnnxSam = (
+                OnnxSam(checkpoint) if Path(checkpoint).suffix == ".onnx" else load_sam(checkpoint, device)
+            )
+        except (SamCheckpointError, FileNotFoundError) as error:
             raise ValueError(f"promptable.checkpoint: {error}") from None
         self.checkpoint = Path(checkpoint)
         self.cache = EmbeddingCache(cache_bytes, metrics)

@@ -12,8 +12,16 @@ import pytest
 import torch
 
 from instaseg.cli.main import main
-from instaseg.export.sam_onnx import decoder_inputs, export_sam_decoder, export_sam_encoder, run_onnx
+from instaseg.export.sam_onnx import (
+    decoder_inputs,
+    export_sam,
+    export_sam_decoder,
+    export_sam_encoder,
+    run_onnx,
+)
 from instaseg.models.sam import ViTConfig, mobile_sam, sam_vit
+from instaseg.models.sam.onnx_sam import OnnxSam
+from instaseg.models.sam.predictor import SamPredictor
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("onnxruntime")
@@ -112,3 +120,33 @@ def test_export_command_writes_both_graphs_of_a_sam_checkpoint(
     args = ["export", "--model", str(checkpoint), "--out", str(tmp_path / "q.onnx"), "--int8", "dynamic"]
     assert main(args) == 2
     assert "float32 only" in capsys.readouterr().err
+
+
+def test_predictor_on_onnx_runtime_answers_like_eager(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    sam = sam_vit(ViTConfig(embed_dim=32, depth=1, num_heads=2, global_attn_indexes=()))
+    for parameter in sam.mask_decoder.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    written = export_sam(sam, tmp_path / "sam.onnx")
+    onnx_model = OnnxSam(written.decoder, threads=2)
+    assert onnx_model.arch == "vit_custom"
+    image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    eager, graphs = SamPredictor(sam), SamPredictor(onnx_model)
+    eager.set_image(image)
+    graphs.set_image(image)
+    torch.testing.assert_close(graphs.embedding, eager.embedding, atol=1e-3, rtol=0)
+    prompts = [
+        {"points": [[10, 20], [40, 30]], "labels": [1, 0]},  # one point set, three masks
+        {"boxes": [[2, 3, 30, 20], [25, 10, 78, 40], [0, 0, 79, 47]], "multimask": False},
+        {"points": [[12, 12]], "labels": [1], "boxes": [[2, 3, 30, 20], [25, 10, 78, 40]]},
+    ]
+    for prompt in prompts:
+        expected, found = eager.predict(**prompt), graphs.predict(**prompt)
+        torch.testing.assert_close(found.scores, expected.scores, atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            found.fields["low_res_logits"], expected.fields["low_res_logits"], atol=1e-2, rtol=0
+        )
+        agreement = (found.masks.bitmaps() == expected.masks.bitmaps()).float().mean()
+        assert agreement > 0.999, (prompt, float(agreement))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        OnnxSam(tmp_path / "other.onnx")

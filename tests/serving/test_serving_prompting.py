@@ -191,3 +191,25 @@ def test_without_a_promptable_model_the_routes_say_so(tmp_path: Path) -> None:
     with TestClient(create_app(config)) as client:
         answer = client.post("/v1/segment", json={"embedding_id": "x", "boxes": [[1, 1, 2, 2]]})
     assert answer.status_code == 404 and answer.json()["error"]["kind"] == "no_promptable_model"
+
+
+@pytest.mark.slow
+def test_an_onnx_export_serves_the_same_masks(env: Env, tmp_path: Path) -> None:
+    from instaseg.export.sam_onnx import export_sam
+
+    export_sam(env.sam, tmp_path / "sam.onnx")
+    config = ServingConfig(
+        registry=str(_registry(tmp_path)),
+        torch_threads=1,
+        promptable=PromptableConfig(checkpoint=str(tmp_path / "sam.onnx")),
+    )
+    image = png(40, 60, seed=1)
+    request = {"image": {"image_base64": base64.b64encode(image).decode()}, "boxes": [[2, 3, 30, 20]]}
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/v1/segment", json={**request, "multimask": False})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == {"checkpoint": "sam.onnx", "arch": "vit_custom"}
+    instances = answer.json()["instances"]
+    served = decode_rle([{"size": i["mask"]["size"], "counts": i["mask"]["counts"]} for i in instances])
+    expected = _library_masks(env.sam, image, boxes=[[2, 3, 30, 20]], multimask=False)
+    assert (served.astype(bool) == expected).mean() > 0.999

@@ -27,6 +27,7 @@ import torch
 
 from instaseg.io.images import ImageSource, load_image
 from instaseg.models.sam import MASK_THRESHOLD, Sam, load_sam
+from instaseg.models.sam.onnx_sam import OnnxSam
 from instaseg.models.sam.transforms import postprocess_masks, resize_image, scale_boxes, scale_coords
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
@@ -73,22 +74,25 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 class SamPredictor:
     """A SAM model with the embedding of the current image cached (`set_image`), answering `predict` calls.
 
-    `model` is a `Sam` or a checkpoint path (official `sam_vit_*.pth`, `mobile_sam.pt`, or a repackaged one);
-    `expected_arch` (e.g. `"vit_t"`) refuses a checkpoint of another architecture. `batch_size` caps how many
-    prompts one decoder pass takes (memory: ~40 MB per prompt plus the full-size masks).
+    `model` is a `Sam`, an `OnnxSam` (the exported graphs on ONNX Runtime), or a checkpoint path (official
+    `sam_vit_*.pth`, `mobile_sam.pt`, or a repackaged one); `expected_arch` (e.g. `"vit_t"`) refuses a
+    checkpoint of another architecture. `batch_size` caps how many prompts one decoder pass takes (memory:
+    ~40 MB per prompt plus the full-size masks).
     """
 
     def __init__(
         self,
-        model: Sam | str | Path,
+        model: Sam | OnnxSam | str | Path,
         device: str | torch.device = "cpu",
         expected_arch: str | None = None,
         batch_size: int = 64,
     ) -> None:
-        if isinstance(model, Sam):
+        if isinstance(model, Sam | OnnxSam):
             if expected_arch is not None and model.arch != expected_arch:
                 raise PromptError(f"model: is a {model.arch} SAM, expected {expected_arch}")
-            self.model = model.to(device).eval()
+            if isinstance(model, OnnxSam) and torch.device(device).type != "cpu":
+                raise PromptError(f"an OnnxSam runs on the CPU (ONNX Runtime), not {device}")
+            self.model = model.to(device).eval() if isinstance(model, Sam) else model
         else:
             self.model = load_sam(model, map_location=device, expected_arch=expected_arch)
         if batch_size < 1:
@@ -282,7 +286,7 @@ class SamPredictor:
             counts["boxes"] = box_tensor.shape[0]
         if mask_input is not None:
             masks_in = _as_float(mask_input, "mask_input")
-            expected = self.model.prompt_encoder.mask_input_size
+            expected = self.model.mask_input_size
             if masks_in.ndim == 3:
                 masks_in = masks_in[None]
             if masks_in.ndim != 4 or tuple(masks_in.shape[1:]) != (1, *expected):

@@ -18,6 +18,8 @@ from instaseg.models.sam.common import LayerNorm2d
 EMBED_DIM = 256
 MASK_IN_CHANS = 16
 PADDING_LABEL = -1
+# The labels a box's corners get when a box is written as two points (the exported decoder's input).
+BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 2, 3
 
 
 class RandomFourierPE(nn.Module):
@@ -139,3 +141,26 @@ def _batch_size(
     if masks is not None:
         return masks.shape[0]
     return 1
+
+
+def decoder_inputs(
+    point_coords: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    count: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points `(B, N, 2)` / labels `(B, N)` and boxes `(B, 4)`, all in the 1024 input frame (either may be
+    None) -> the decoder graph's `point_coords (B, N', 2)` and `point_labels (B, N')`: the points, then the
+    box corners (labels 2, 3), or one padding point when there is no box."""
+    coords = [torch.zeros(count, 0, 2)]
+    labels = [torch.zeros(count, 0)]
+    if point_coords is not None:
+        coords.append(point_coords.float())
+        labels.append(point_labels.float())
+    if boxes is not None:
+        coords.append(boxes.float().reshape(count, 2, 2))
+        labels.append(torch.tensor([[BOX_TOP_LEFT, BOX_BOTTOM_RIGHT]], dtype=torch.float32).expand(count, 2))
+    else:
+        coords.append(torch.zeros(count, 1, 2))
+        labels.append(torch.full((count, 1), float(PADDING_LABEL)))
+    return torch.cat(coords, dim=1), torch.cat(labels, dim=1)

@@ -39,6 +39,11 @@ class Sam(nn.Module):
     def image_size(self) -> int:
         return IMAGE_SIZE
 
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """`(H, W)` of a low-res mask prompt (256 x 256)."""
+        return self.prompt_encoder.mask_input_size
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Resized image `(B, 3, h, w)` float in [0, 255] -> normalised, zero-padded `(B, 3, 1024, 1024)`.
 
