@@ -6,7 +6,8 @@ Measures, with `--threads` threads (2, as ../shared/fixtures/sam/REFERENCE_TIMES
   under bf16 CPU autocast (random weights: the cost does not depend on their values); `--skip-vit-b` leaves
   out vit_b (about 30 s a call on a 2-core VM);
 - prompt encoder + mask decoder latency for one point prompt, and for a batch of 64 point prompts (also per
-  prompt), through `Sam.decode`;
+  prompt), through `Sam.decode`; with `--onnx`, the vit_t encoder and the same decoder rows on ONNX Runtime
+  (the fixture model exported by `export_sam` and run by `OnnxSam`, the backend of `SamPredictor`);
 - automatic mask generation per image: `baseline` (the official generator's order of work, rebuilt here
   because segment-anything cannot be installed: the decoder computed op for op as the official one, with
   the image repeated per prompt and transposed convolutions; all three masks of every point upsampled
@@ -18,7 +19,7 @@ Measures, with `--threads` threads (2, as ../shared/fixtures/sam/REFERENCE_TIMES
   `--stability-thresh` set them), once each (they are long), and how many of the exact mode's masks the fast
   mode recovers at mask IoU >= 0.8.
 
-    .venv/bin/python benchmarks/bench_sam.py [--threads 2] [--repeats 3] [--grid 32] [--skip-vit-b]
+    .venv/bin/python benchmarks/bench_sam.py [--threads 2] [--repeats 3] [--grid 32] [--skip-vit-b] [--onnx]
 
 Prints a Markdown table with the command, machine and date (for docs/benchmarks.md).
 """
@@ -32,6 +33,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from instaseg.export.sam_onnx import export_sam
 from instaseg.models.sam import MASK_THRESHOLD, VIT_B, load_sam, mobile_sam, sam_vit
 from instaseg.models.sam import mask_decoder as decoder_module
 from instaseg.models.sam.automatic_masks import (
@@ -47,6 +50,7 @@ from instaseg.models.sam.automatic_masks import (
     AutomaticMaskSettings,
     build_point_grid,
 )
+from instaseg.models.sam.onnx_sam import OnnxSam
 from instaseg.models.sam.predictor import SamPredictor, mask_boxes, stability_score
 from instaseg.models.sam.transforms import postprocess_masks, scale_coords
 from instaseg.ops import nms
@@ -85,6 +89,24 @@ def encoder_rows(repeats: int, skip_vit_b: bool) -> list[tuple[str, tuple[float,
                 warmup = 1 if name == "vit_t" else 0
                 seconds = median_seconds(lambda m=model: m.encode_image(image), count, warmup)
             rows.append((f"encoder {name}, {label} (1024x1024)", seconds))
+    return rows
+
+
+def onnx_rows(model, repeats: int) -> list[tuple[str, tuple[float, float]]]:
+    """The same encoder and decoder rows on ONNX Runtime: `model` exported (`export_sam`) and run by
+    `OnnxSam`, the backend `SamPredictor` and the service use."""
+    with tempfile.TemporaryDirectory() as folder:
+        graphs = OnnxSam(
+            export_sam(model, Path(folder) / "sam.onnx").encoder, threads=torch.get_num_threads()
+        )
+        image = torch.rand(1, 3, 1024, 1024) * 255
+        rows = [
+            (
+                f"encoder {model.arch}, ONNX Runtime fp32 (1024x1024)",
+                median_seconds(lambda: graphs.encode_image(image), repeats),
+            )
+        ]
+        rows += [(f"{label}, ONNX Runtime", seconds) for label, seconds in decoder_rows(graphs, repeats)]
     return rows
 
 
@@ -228,6 +250,9 @@ def main() -> None:
     parser.add_argument("--skip-vit-b", action="store_true")
     parser.add_argument("--skip-encoders", action="store_true")
     parser.add_argument("--skip-amg", action="store_true")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also vit_t's encoder and decoder on ONNX Runtime"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not FIXTURES.is_dir():
@@ -236,6 +261,8 @@ def main() -> None:
     model = load_sam(weights_from_recipe(FIXTURES / "mobile_sam_weights_spec.json"))
     rows = [] if args.skip_encoders else encoder_rows(args.repeats, args.skip_vit_b)
     rows += decoder_rows(model, args.repeats)
+    if args.onnx:
+        rows += onnx_rows(model, args.repeats)
     notes = []
     if not args.skip_amg:
         image = cases["image_uint8_hwc"].numpy()
