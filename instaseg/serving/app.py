@@ -314,8 +314,7 @@ def create_app(
         prompter = prompt_service()
         parsed, image_bytes = await read_segment_request(request, config)
         if image_bytes is None:
-            entry = prompter.lookup(parsed.embedding_id)
-            embedded, decode_seconds = Embedded(parsed.embedding_id, entry, True, 0.0), 0.0
+            embedded, decode_seconds = prompter.lookup(parsed.embedding_id), 0.0
         else:
             _, embedded, decode_seconds = await embed(image_bytes)
         prompts = Prompts(parsed.points, parsed.labels, parsed.boxes, parsed.multimask)

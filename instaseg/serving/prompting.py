@@ -152,7 +152,7 @@ class PromptService:
         self.cache.put(key, entry)
         return Embedded(key, entry, False, seconds)
 
-    def lookup(self, embedding_id: str) -> CachedEmbedding:
+    def lookup(self, embedding_id: str) -> Embedded:
         """The cached embedding of `embedding_id`, or 404 (never made, or evicted: embed the image again)."""
         entry = self.cache.get(embedding_id)
         if entry is None:
@@ -161,7 +161,7 @@ class PromptService:
                 "image to /v1/embeddings again, or send it with the prompts",
                 "unknown_embedding",
             )
-        return entry
+        return Embedded(embedding_id, entry, True, 0.0)
 
     def segment(self, entry: CachedEmbedding, prompts: Prompts) -> Instances:
         """Masks for `prompts` against `entry`: one batched decoder call (see `SamPredictor.predict`);

@@ -39,7 +39,7 @@ from instaseg.io.images import ImageSource, load_image
 from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions
 from instaseg.models.sam import MASK_THRESHOLD, Sam
 from instaseg.models.sam.predictor import SamPredictor, stability_score
-from instaseg.models.sam.transforms import postprocess_masks, scale_coords
+from instaseg.models.sam.transforms import postprocess_masks, scale_coords, to_rgb_array
 from instaseg.ops import nms
 from instaseg.structures.boxes import box_area
 from instaseg.structures.instances import Instances
@@ -356,7 +356,7 @@ class SamEverythingModel(nn.Module):
         for index, image in enumerate(images):
             if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
                 raise ValueError(f"SAM detect: image {index} must be a (3, H, W) tensor")
-            rgb = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            rgb = to_rgb_array(image)
             found = generator.generate(rgb)
             if options.score_threshold is not None:
                 found = found[found.scores > options.score_threshold]

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from instaseg.models.sam.prompt_encoder import decoder_inputs
-from instaseg.models.sam.sam import MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD
+from instaseg.models.sam.sam import MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD, normalize_and_pad
 from instaseg.models.sam.vit_encoder import IMAGE_SIZE
 
 __all__ = ["ARCH_METADATA_KEY", "OnnxSam", "sam_graph_paths"]
@@ -65,9 +64,7 @@ class OnnxSam:
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Resized image `(1, 3, h, w)` in [0, 255], long side 1024 -> embedding `(1, 256, 64, 64)`."""
-        x = (image.float().cpu() - self._mean) / self._std
-        height, width = x.shape[-2:]
-        padded = F.pad(x, (0, IMAGE_SIZE - width, 0, IMAGE_SIZE - height))
+        padded = normalize_and_pad(image.float().cpu(), self._mean, self._std)
         (embedding,) = self.encoder.run(None, {"image": padded.numpy()})
         return torch.from_numpy(embedding)
 

@@ -28,6 +28,7 @@ from instaseg.models.protocol import (
 )
 from instaseg.models.sam.predictor import SamPredictor
 from instaseg.models.sam.sam import Sam
+from instaseg.models.sam.transforms import to_rgb_array
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks, mask_iou
 
@@ -89,7 +90,7 @@ class SamRefinedModel(nn.Module):
         predictor = SamPredictor(self.sam, device=device, batch_size=self.batch_size)
         refined = []
         for image, found in zip(images, detections, strict=True):
-            rgb = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            rgb = to_rgb_array(image)
             predictor.set_image(rgb)
             redrawn = predictor.refine(found)
             refined.append(self._fuse(found, redrawn) if self.mode == "fuse" else redrawn)

@@ -21,6 +21,14 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0
 
 
+def normalize_and_pad(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """`(B, 3, h, w)` in [0, 255] -> `(image - mean) / std` zero-padded at the bottom / right to 1024 x 1024
+    (`mean`, `std` `(3, 1, 1)`); `Sam.preprocess` and `OnnxSam` share it."""
+    x = (image - mean) / std
+    height, width = x.shape[-2:]
+    return F.pad(x, (0, IMAGE_SIZE - width, 0, IMAGE_SIZE - height))
+
+
 class Sam(nn.Module):
     """Segment Anything; `arch` names the encoder: `vit_b`, `vit_l`, `vit_h`, `vit_t` or `vit_custom`."""
 
@@ -49,9 +57,7 @@ class Sam(nn.Module):
 
         Normalise first, then pad: padded pixels are 0 after normalisation (not the mean colour).
         """
-        x = (image - self.pixel_mean) / self.pixel_std
-        height, width = x.shape[-2:]
-        return F.pad(x, (0, IMAGE_SIZE - width, 0, IMAGE_SIZE - height))
+        return normalize_and_pad(image, self.pixel_mean, self.pixel_std)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Resized image `(B, 3, h, w)` in [0, 255], long side 1024 -> embedding `(B, 256, 64, 64)`."""

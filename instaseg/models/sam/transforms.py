@@ -23,6 +23,12 @@ def resized_shape(height: int, width: int, target: int = TARGET_LENGTH) -> tuple
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def to_rgb_array(image: torch.Tensor) -> np.ndarray:
+    """A library image `(3, H, W)` float in [0, 1] -> `(H, W, 3)` uint8 RGB, SAM's input (an image that came
+    from uint8 pixels gets them back exactly)."""
+    return (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
 def resize_image(image: np.ndarray, target: int = TARGET_LENGTH) -> np.ndarray:
     """`(H, W, 3)` uint8 RGB -> `(h, w, 3)` uint8 with `(h, w) = resized_shape(H, W)` (Pillow bilinear)."""
     new_h, new_w = resized_shape(image.shape[0], image.shape[1], target)
