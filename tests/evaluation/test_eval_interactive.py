@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -87,6 +88,37 @@ def test_first_click_is_the_object_centre_and_corrections_follow_the_largest_err
     assert error_region_click(truth, truth) is None
     with pytest.raises(ValueError, match="shape"):
         error_region_click(truth[:5], truth)
+
+
+def _click_on_the_whole_image(prediction: np.ndarray, truth: np.ndarray) -> Click | None:
+    """The definition, without the bounding-box crop: distance transforms over the whole padded image."""
+
+    def inner(region):
+        padded = np.pad(region.astype(np.uint8), 1)
+        return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+    missed, wrong = inner(truth & ~prediction), inner(prediction & ~truth)
+    if missed.max() == 0 and wrong.max() == 0:
+        return None
+    positive = missed.max() >= wrong.max()
+    y, x = np.unravel_index(int(np.argmax(missed if positive else wrong)), truth.shape)
+    return Click(int(x), int(y), bool(positive))
+
+
+def test_the_cropped_distance_transform_clicks_where_the_whole_image_one_does():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = (int(v) for v in rng.integers(5, 90, 2))
+        truth, prediction = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+        for _ in range(int(rng.integers(0, 4))):  # discs, some cut by the image border
+            centre = (int(rng.integers(-5, width + 5)), int(rng.integers(-5, height + 5)))
+            cv2.circle(truth, centre, int(rng.integers(1, 25)), 1, -1)
+        for _ in range(int(rng.integers(0, 4))):
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            axes = (int(rng.integers(1, 25)), int(rng.integers(1, 15)))
+            cv2.ellipse(prediction, centre, axes, 0, 0, 360, 1, -1)
+        truth, prediction = truth.astype(bool), prediction.astype(bool)
+        assert error_region_click(prediction, truth) == _click_on_the_whole_image(prediction, truth)
 
 
 def test_a_perfect_model_needs_one_click():

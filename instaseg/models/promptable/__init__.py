@@ -2,8 +2,9 @@
 EfficientNet-Lite0 FPN features, trained here on the nuclei data (`configs/nuclei_promptable.yaml`).
 
 Files: `config.py` (`PromptableConfig`), `model.py` (`PromptableSam`, `LiteFPNEncoder`, the training
-losses), `prompt_simulation.py` (simulated clicks and boxes, shared with `instaseg.evaluation.interactive`),
-`build.py` (names, construction, weights, model files).
+losses), `prompt_maps.py` (clicks and boxes drawn as dense maps), `prompt_simulation.py` (simulated clicks
+and boxes, shared with `instaseg.evaluation.interactive`), `build.py` (names, construction, weights, model
+files).
 """
 
 from instaseg.models.promptable.build import (

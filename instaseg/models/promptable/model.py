@@ -1,7 +1,8 @@
 """`PromptableSam`: SAM's prompt encoder and two-way-transformer mask decoder on EfficientNet-Lite0 FPN
 features, trained by instaseg on its own data (no official SAM weights needed).
 
-It is a `instaseg.models.sam.Sam` (same `PromptEncoder`, `MaskDecoder`, `decode`), so
+It is a `instaseg.models.sam.Sam` (same `PromptEncoder`, `MaskDecoder`, `decode`; clicks and boxes are
+also drawn as maps into the dense prompt embedding, `prompt_maps.PromptMapEncoder`, which made it learn), so
 `instaseg.models.sam.predictor.SamPredictor` runs it unchanged: `set_image` resizes the long side to
 `config.image_size` (256) instead of 1024, `preprocess` normalises with the detector's statistics and pads to
 that square, and the encoder returns a `(B, 256, S/8, S/8)` embedding (FPN P3 at stride 8 through a neck);
@@ -25,6 +26,7 @@ from instaseg.models.efficientnet_lite import EfficientNetLite
 from instaseg.models.fpn import FeaturePyramidNetwork
 from instaseg.models.norm import norm_layer
 from instaseg.models.promptable.config import PromptableConfig
+from instaseg.models.promptable.prompt_maps import PromptMapEncoder
 from instaseg.models.promptable.prompt_simulation import error_region_click, jittered_boxes, random_points
 from instaseg.models.sam import Sam
 from instaseg.models.sam.common import LayerNorm2d
@@ -92,6 +94,7 @@ class PromptableSam(Sam):
         self.config = config
         size = config.embedding_size
         self.prompt_encoder = PromptEncoder((size, size), (config.image_size, config.image_size))
+        self.prompt_maps = PromptMapEncoder((size, size), (config.image_size, config.image_size))
         # Sam's buffers hold SAM's statistics; this encoder was trained with the detector's (0..255 scale).
         mean = torch.tensor(config.image_mean).view(-1, 1, 1) * 255
         std = torch.tensor(config.image_std).view(-1, 1, 1) * 255
@@ -114,6 +117,17 @@ class PromptableSam(Sam):
         x = (image - self.pixel_mean) / self.pixel_std
         height, width = x.shape[-2:]
         return F.pad(x, (0, self.image_size - width, 0, self.image_size - height))
+
+    def encode_prompts(
+        self,
+        points: tuple[Tensor, Tensor] | None,
+        boxes: Tensor | None,
+        mask_input: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """SAM's sparse tokens and dense embedding, plus the clicks and box drawn as maps
+        (`PromptMapEncoder`) in the dense embedding: `(B, T, 256)`, `(B, 256, S/8, S/8)`."""
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        return sparse, dense + self.prompt_maps(points, boxes)
 
     def summary(self) -> dict[str, Any]:
         """Architecture facts for listings."""
@@ -187,7 +201,7 @@ class PromptableSam(Sam):
         mask_input: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """All four outputs: low-res logits `(K, 4, S/2, S/2)` and predicted IoU `(K, 4)`."""
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        sparse, dense = self.encode_prompts(points, boxes, mask_input)
         return self.mask_decoder.predict_all(embedding, self.prompt_encoder.dense_pe(), sparse, dense)
 
     def _simulate(self, embedding: Tensor, truth: Tensor) -> list[tuple[Tensor, Tensor]]:

@@ -26,11 +26,24 @@ class Click:
     positive: bool
 
 
-def _inner_distance(region: np.ndarray) -> np.ndarray:
-    """Distance of each pixel of a `(H, W)` bool region to the nearest pixel outside it; the image border
-    counts as outside, so a region cut by the border has its centre inside the image."""
-    padded = np.pad(region.astype(np.uint8), 1)
-    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+def _deepest_pixel(region: np.ndarray) -> tuple[float, int, int]:
+    """The pixel of a `(H, W)` bool region farthest from every pixel outside it (the image border counts
+    as outside, so a region cut by the border has its centre inside the image) -> (distance, y, x), first in
+    row-major order among ties; (0.0, 0, 0) for an empty region.
+
+    The distance transform runs on the region's bounding box plus a one-pixel ring of outside pixels, which
+    gives the same distances as the whole image (every pixel beyond the ring is farther than the ring) at a
+    fraction of the cost: a nucleus is a few hundred pixels of a 1.4-megapixel image.
+    """
+    rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+    if len(rows) == 0:
+        return 0.0, 0, 0
+    top, left = rows[0], cols[0]
+    crop = region[top : rows[-1] + 1, left : cols[-1] + 1]
+    padded = np.pad(crop.astype(np.uint8), 1)
+    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return float(distance[y, x]), int(top + y), int(left + x)
 
 
 def error_region_click(prediction: np.ndarray, truth: np.ndarray) -> Click | None:
@@ -38,14 +51,13 @@ def error_region_click(prediction: np.ndarray, truth: np.ndarray) -> Click | Non
     they are equal. Ties go to the false negatives, then to the first pixel in row-major order."""
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction has shape {prediction.shape}, truth {truth.shape}")
-    missed = _inner_distance(truth & ~prediction)
-    wrong = _inner_distance(prediction & ~truth)
-    best_missed, best_wrong = float(missed.max()), float(wrong.max())
+    best_missed, missed_y, missed_x = _deepest_pixel(truth & ~prediction)
+    best_wrong, wrong_y, wrong_x = _deepest_pixel(prediction & ~truth)
     if best_missed == 0 and best_wrong == 0:
         return None
-    positive = best_missed >= best_wrong
-    y, x = np.unravel_index(int(np.argmax(missed if positive else wrong)), truth.shape)
-    return Click(int(x), int(y), positive)
+    if best_missed >= best_wrong:
+        return Click(missed_x, missed_y, True)
+    return Click(wrong_x, wrong_y, False)
 
 
 def random_points(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -63,6 +63,16 @@ class Sam(nn.Module):
         """Resized image `(B, 3, h, w)` in [0, 255], long side 1024 -> embedding `(B, 256, 64, 64)`."""
         return self.image_encoder(self.preprocess(image))
 
+    def encode_prompts(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's prompt inputs: sparse tokens `(B, T, 256)` and the dense embedding (see
+        `PromptEncoder.forward`); arguments as `decode`."""
+        return self.prompt_encoder(points, boxes, mask_input)
+
     def decode(
         self,
         image_embedding: torch.Tensor,
@@ -76,7 +86,7 @@ class Sam(nn.Module):
         image_embedding `(1, 256, 64, 64)`; points `((B, N, 2) x, y, (B, N) labels 0/1)`; boxes `(B, 4)`
         x1y1x2y2; mask_input `(B, 1, 256, 256)` logits. C = 3 with `multimask_output`, else 1.
         """
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        sparse, dense = self.encode_prompts(points, boxes, mask_input)
         return self.mask_decoder(
             image_embedding, self.prompt_encoder.dense_pe(), sparse, dense, multimask_output
         )
@@ -90,7 +100,7 @@ class Sam(nn.Module):
     ) -> DecoderState:
         """`decode`'s transformer part for all four outputs (arguments as `decode`): predicted IoU first, the
         masks later through `mask_decoder.masks(state)`, for the prompts worth drawing."""
-        sparse, dense = self.prompt_encoder(points, boxes, mask_input)
+        sparse, dense = self.encode_prompts(points, boxes, mask_input)
         return self.mask_decoder.decode_tokens(image_embedding, self.prompt_encoder.dense_pe(), sparse, dense)
 
 
