@@ -10,6 +10,7 @@ from pathlib import Path
 DEFAULT_OPSET = 18
 QUANTIZATION_MODES = ("dynamic", "static")
 DEFAULT_CALIBRATION_IMAGES = 32
+EXPORT_FORMATS = ("onnx", "model-file-fp16")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "nuclei model), or a SAM / MobileSAM checkpoint (two graphs: OUT with .encoder and .decoder before "
         "the suffix)",
     )
-    parser.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default onnx)")
+    parser.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="onnx",
+        help="output format (default onnx); model-file-fp16: the instaseg model file with float16 weights, "
+        "half the size (loads and runs as float32)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output file, e.g. model.onnx")
     parser.add_argument(
         "--dynamic",
@@ -61,6 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "model-file-fp16":
+        return _write_half_precision(args)
     from instaseg.export.onnx_export import export_model
     from instaseg.export.quantize import calibration_images, quantize_onnx
     from instaseg.export.sam_onnx import SamExport
@@ -89,4 +98,16 @@ def run(args: argparse.Namespace) -> int:
         quantized = args.out.with_suffix(f".int8{args.out.suffix}")
         quantize_onnx(args.out, quantized, args.int8, calibration)
         print(f"wrote {quantized} (int8 {args.int8})")
+    return 0
+
+
+def _write_half_precision(args: argparse.Namespace) -> int:
+    from instaseg.models.default_model import bundled_model_source
+    from instaseg.models.model_file import ModelFile
+
+    if args.int8:
+        raise ValueError("--int8 applies to ONNX exports, not to --format model-file-fp16")
+    source = bundled_model_source(args.model)
+    ModelFile.read(source).half_precision().save(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, float16 weights of {source})")
     return 0

@@ -21,6 +21,7 @@ model before this format, checkpoints of older runs) read as family "mask_rcnn" 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,21 @@ class ModelFile:
             "operating_point": self.operating_point.to_dict() if self.operating_point else None,
             "provenance": {"instaseg_version": __version__, **self.provenance},
         }
+
+    def half_precision(self) -> ModelFile:
+        """A copy with its float32 weights stored as float16: half the file size, for shipping. Loading
+        copies them into the float32 model (`load_state_dict` converts), so inference stays float32; only
+        the weights are rounded (relative error at most 2^-11). `WeightsError` if a weight does not fit
+        float16."""
+        limit = torch.finfo(torch.float16).max
+        state = {}
+        for name, tensor in self.state_dict.items():
+            if tensor.dtype == torch.float32:
+                if tensor.numel() and float(tensor.abs().max()) > limit:
+                    raise WeightsError(f"weight {name!r} holds values beyond float16's range ({limit:g})")
+                tensor = tensor.half()
+            state[name] = tensor
+        return dataclasses.replace(self, state_dict=state)
 
     def save(self, path: str | Path, **extra: Any) -> None:
         """Write atomically (a failed write leaves the old file); `extra` keys ride along (training state)."""
