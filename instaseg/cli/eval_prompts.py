@@ -9,7 +9,8 @@ EPILOG = """A simulated user clicks at the centre of the largest error region of
 up to --max-clicks times; one more prompt per object is its tight box. Printed and written: mIoU@1/3/5 (mean
 IoU after 1, 3, 5 clicks), NoC@85 / NoC@90 (mean clicks to reach that IoU, --max-clicks when never),
 box_mIoU, and per-image numbers in the JSON file. --model takes instaseg's promptable model files (configs/
-nuclei_promptable.yaml) and the official SAM / MobileSAM checkpoints."""
+nuclei_promptable.yaml; default: the bundled nuclei_promptable), SAM exports (.onnx) and the official SAM /
+MobileSAM checkpoints."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
     )
     parser.add_argument("--gt", type=Path, required=True, metavar="GT.json", help="COCO instances JSON")
-    parser.add_argument("--model", type=Path, required=True, help="promptable model file or SAM checkpoint")
+    parser.add_argument(
+        "--model", help="promptable model file or SAM checkpoint (default: the bundled nuclei_promptable)"
+    )
     parser.add_argument("--image-root", type=Path, help="folder the GT's file names are relative to")
     parser.add_argument("--out", type=Path, default=Path("prompt_metrics.json"), help="JSON file to write")
     parser.add_argument("--max-clicks", type=int, default=20, help="clicks per object at most (default 20)")
@@ -39,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instaseg.evaluation.interactive import evaluate_prompts
     from instaseg.io.atomic import atomic_write
-    from instaseg.models import load_model
-    from instaseg.models.model_file import read_weights
+    from instaseg.models import load_promptable
     from instaseg.models.sam.predictor import SamPredictor
 
     for name in ("max_clicks", "max_images", "max_objects_per_image", "threads"):
@@ -49,13 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if not args.model.is_file():
-        raise FileNotFoundError(f"--model {args.model}: no such file")
-    # instaseg's own promptable model files carry their family; anything else goes to SAM's loader.
-    if read_weights(args.model).get("family") == "promptable":
-        predictor = SamPredictor(load_model(args.model))
-    else:
-        predictor = SamPredictor(args.model)
+    predictor = SamPredictor(load_promptable(args.model))
     started = time.perf_counter()
     metrics = evaluate_prompts(
         predictor,
@@ -67,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    metrics["model"] = str(args.model)
+    metrics["model"] = str(args.model or "nuclei_promptable")
     metrics["gt"] = str(args.gt)
     with atomic_write(args.out, "w") as stream:
         json.dump(metrics, stream, indent=2)

@@ -46,9 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--refine-with",
-        type=Path,
-        metavar="SAM_CHECKPOINT",
-        help="redraw every detected mask with SAM / MobileSAM from its box (sam_vit_*.pth, mobile_sam.pt)",
+        metavar="PROMPTABLE_MODEL",
+        help="redraw every detected mask from its box with a promptable model: nuclei_promptable (bundled), "
+        "sam_vit_*.pth, mobile_sam.pt, a SAM export (.onnx)",
     )
     parser.add_argument(
         "--refine-mode",

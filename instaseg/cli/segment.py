@@ -1,4 +1,5 @@
-"""`instaseg segment`: promptable segmentation of one image with a SAM / MobileSAM checkpoint.
+"""`instaseg segment`: promptable segmentation of one image, with the bundled promptable model (trained on
+nuclei) or a SAM / MobileSAM checkpoint (`--model`).
 
 Prompts are points (`--points x,y[,label]`, label 1 foreground by default, 0 background; all points form one
 prompt, shared by every box) and boxes (`--boxes x1,y1,x2,y2`, one prompt each, decoded in one batch), in
@@ -17,13 +18,15 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
-        help="segment an image with SAM / MobileSAM from points, boxes, or everything",
+        help="segment an image from points, boxes, or everything (bundled model or SAM / MobileSAM)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", type=Path, metavar="IMAGE", help="image file")
     parser.add_argument(
-        "--model", type=Path, required=True, help="checkpoint: sam_vit_b/l/h_*.pth, mobile_sam.pt, ..."
+        "--model",
+        help="promptable model: sam_vit_b/l/h_*.pth, mobile_sam.pt, a SAM export (.onnx), an instaseg "
+        "promptable model file (default: the bundled nuclei_promptable)",
     )
     parser.add_argument("--points", nargs="+", default=None, metavar="X,Y[,LABEL]", help="point prompts")
     parser.add_argument("--boxes", nargs="+", default=None, metavar="X1,Y1,X2,Y2", help="box prompts")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from instaseg.inference.overlay import draw_overlay
     from instaseg.io.images import load_image
+    from instaseg.models import load_promptable
     from instaseg.models.sam.automatic_masks import AutomaticMaskGenerator, AutomaticMaskSettings
     from instaseg.models.sam.predictor import SamPredictor
 
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --points and/or --boxes, or --everything (not both)")
     ensure_writable_folder(args.out)
     image = load_image(args.image)
-    predictor = SamPredictor(args.model)
+    predictor = SamPredictor(load_promptable(args.model))
     if args.everything:
         settings = AutomaticMaskSettings(
             points_per_side=args.points_per_side,

@@ -14,8 +14,7 @@ from instaseg.inference.tiling import TilingOptions
 from instaseg.inference.tracking import TrackerOptions
 from instaseg.inference.tta import TTAOptions
 from instaseg.inference.video import VideoSummary, predict_video
-from instaseg.models.loading import load_model
-from instaseg.models.sam.checkpoint import load_sam
+from instaseg.models.loading import load_model, load_promptable
 from instaseg.models.sam.refined_model import SamRefinedModel
 
 
@@ -44,15 +43,16 @@ def run_predict(
 
     `coco_gt`: a COCO JSON whose image ids the results use (matched by file name), so that `instaseg eval`
     can compare them with that ground truth. `backend`: "torch", "onnx" (ONNX Runtime; a checkpoint is
-    exported once to the cache) or None (onnx for an `.onnx` model, else torch). `refine_with`: a SAM /
-    MobileSAM checkpoint that redraws every detected mask from its box (`SamRefinedModel`, `refine_mode`
+    exported once to the cache) or None (onnx for an `.onnx` model, else torch). `refine_with`: a promptable
+    model (`load_promptable`: a SAM / MobileSAM checkpoint, an export, `nuclei_promptable`) that redraws
+    every detected mask from its box (`SamRefinedModel`, `refine_mode`
     "replace" or "fuse").
     """
     if video and len(inputs) != 1:
         raise ValueError(f"--video takes exactly one video file or frame folder, got {len(inputs)} inputs")
     source = model_source_for_backend(model, backend)
     if refine_with is not None:
-        source = SamRefinedModel(load_model(source), load_sam(refine_with), mode=refine_mode)
+        source = SamRefinedModel(load_model(source), load_promptable(refine_with), mode=refine_mode)
     predictor = Predictor(
         source,
         device=device,

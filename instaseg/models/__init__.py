@@ -11,7 +11,7 @@ source). Mask R-CNN, in data-path order: `inputs.py` (checks) -> `transform.py` 
 from instaseg.models.build import MODEL_CONFIGS, build, build_model, load_weights, save_weights
 from instaseg.models.config import ConfigError, MaskRCNNConfig
 from instaseg.models.inputs import ModelInputError
-from instaseg.models.loading import load_model
+from instaseg.models.loading import load_model, load_promptable
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.model_file import ModelFile, WeightsError
 from instaseg.models.protocol import DetectOptions, OperatingPoint, SegmentationModel
@@ -30,6 +30,7 @@ __all__ = [
     "build",
     "build_model",
     "load_model",
+    "load_promptable",
     "load_weights",
     "save_weights",
 ]

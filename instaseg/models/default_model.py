@@ -13,12 +13,17 @@ from pathlib import Path
 
 DEFAULT_MODEL_FILE = "nuclei_efficientnet_lite0.pt"
 # The models that ship in the package, by the name `load_model`, `--model` and the service accept. The default
-# is `nuclei_maskrcnn`; `nuclei_condinst` is the single-stage model: several times faster, less accurate
-# (both model cards in docs/models.md).
+# is `nuclei_maskrcnn`; `nuclei_condinst` is the single-stage model: several times faster, less accurate;
+# `nuclei_promptable` segments the object a click or a box points at (model cards in docs/models.md).
 BUNDLED_MODELS = {
     "nuclei_maskrcnn": DEFAULT_MODEL_FILE,
     "nuclei_condinst": "nuclei_condinst_efficientnet_lite0.pt",
+    "nuclei_promptable": "nuclei_promptable_efficientnet_lite0.pt",
 }
+# The promptable model (clicks and boxes to masks) that `load_promptable`, `instaseg segment` and the
+# service's promptable routes use when no SAM checkpoint is named; `load_model` runs it as "segment
+# everything".
+DEFAULT_PROMPTABLE_MODEL = "nuclei_promptable"
 
 
 def default_model_path() -> Path:

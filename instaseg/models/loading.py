@@ -9,11 +9,13 @@ Sources, tried in this order:
   timing and training starts;
 - an `.onnx` file written by `instaseg export`: run on ONNX Runtime (`OnnxMaskRCNN`, `OnnxCondInst`);
 - a model file (`instaseg.models.model_file`, training checkpoints included; old version-1 files too);
-- an official (or repackaged) Segment Anything / MobileSAM checkpoint: automatic mask generation
-  (`SamEverythingModel`, one class "object");
+- an official (or repackaged) Segment Anything / MobileSAM checkpoint, or a promptable model file (the
+  bundled `nuclei_promptable` among them): automatic mask generation (`SamEverythingModel`, class-agnostic);
 - a torchvision-layout Mask R-CNN state dict (torchvision's published COCO weights): COCO's categories when
   it has COCO's 91 classes.
 Every model comes back in eval mode on the CPU, with its `categories` and `operating_point` set.
+
+`load_promptable(source)` is the same for promptable models, the ones `SamPredictor` runs on clicks and boxes.
 """
 
 from __future__ import annotations
@@ -26,15 +28,18 @@ from instaseg.models.coco_names import COCO_CATEGORY_NAMES
 from instaseg.models.condinst.build import CONDINST_CONFIGS, build_condinst, load_condinst_weights
 from instaseg.models.condinst.config import CondInstConfig
 from instaseg.models.config import MaskRCNNConfig
-from instaseg.models.default_model import BUNDLED_MODELS, bundled_model_source
+from instaseg.models.default_model import BUNDLED_MODELS, DEFAULT_PROMPTABLE_MODEL, bundled_model_source
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.model_file import ModelFile, WeightsError, read_weights
-from instaseg.models.promptable import PromptableConfig, build_promptable
+from instaseg.models.promptable import PromptableConfig, PromptableSam, build_promptable
 from instaseg.models.protocol import SegmentationModel
-from instaseg.models.sam import is_sam_checkpoint, load_sam
+from instaseg.models.sam import Sam, is_sam_checkpoint, load_sam
 from instaseg.models.sam.automatic_masks import SamEverythingModel
+from instaseg.models.sam.onnx_sam import OnnxSam
 
 ModelSource = SegmentationModel | str | Path | None
+PromptableModel = Sam | OnnxSam
+PromptableSource = PromptableModel | str | Path | None
 # The classifier weight of a torchvision-layout state dict: its first dimension is the number of classes.
 _CLASSIFIER_KEY = "roi_heads.box_predictor.cls_score.weight"
 
@@ -83,9 +88,8 @@ def model_from_file(model_file: ModelFile, source: str = "model file") -> Segmen
     elif model_file.family == "condinst":
         model = build_condinst(CondInstConfig.from_dict(model_file.config, source=f"{source} (config)"))
         load_condinst_weights(model, model_file.state_dict, source)
-    elif model_file.family == "promptable":  # a PromptableSam, for SamPredictor (it has no `detect`)
-        model = build_promptable(PromptableConfig.from_dict(model_file.config, source=f"{source} (config)"))
-        load_weights(model, model_file.state_dict, source)
+    elif model_file.family == "promptable":  # clicks and boxes; as a detector it segments everything
+        return SamEverythingModel(promptable_from_file(model_file, source)).eval()
     else:  # ModelFile refuses unknown families; a new family adds its branch here
         raise WeightsError(f"{source}: no constructor for model family {model_file.family!r}")
     model.categories = model_file.categories
@@ -95,6 +99,46 @@ def model_from_file(model_file: ModelFile, source: str = "model file") -> Segmen
             f"{source}: {len(model.categories)} categories for a model with {model.num_classes - 1} classes "
             "(plus background)"
         )
+    return model.eval()
+
+
+def load_promptable(source: PromptableSource = None, device: str = "cpu") -> PromptableModel:
+    """The promptable model `source` names, for `SamPredictor`, in eval mode on `device`:
+    - a `Sam` (SAM, MobileSAM, `PromptableSam`) or an `OnnxSam`: returned as it is;
+    - None or `nuclei_promptable`: the bundled promptable model (trained by instaseg on nuclei);
+    - an `.onnx` SAM export (`instaseg export --model SAM.pth`): `OnnxSam`, ONNX Runtime on the CPU;
+    - an instaseg model file of family "promptable": `PromptableSam`;
+    - an official (or repackaged) SAM / MobileSAM checkpoint: `Sam`.
+    `FileNotFoundError` for a missing file; `WeightsError` / `SamCheckpointError` name the file and the
+    problem."""
+    if isinstance(source, Sam | OnnxSam):
+        return source
+    source = bundled_model_source(DEFAULT_PROMPTABLE_MODEL if source is None else source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"promptable model {str(source)!r} is neither a file nor the bundled {DEFAULT_PROMPTABLE_MODEL!r}"
+        )
+    if path.suffix == ".onnx":
+        return OnnxSam(path)
+    data = read_weights(path)
+    if "config" not in data:
+        return load_sam(data, device, source=str(path))
+    model_file = ModelFile.from_dict(data, str(path))
+    if model_file.family != "promptable":
+        raise WeightsError(
+            f"{path}: a {model_file.family} model file, not a promptable model (an instaseg promptable model "
+            "file or a SAM / MobileSAM checkpoint)"
+        )
+    return promptable_from_file(model_file, str(path)).to(device)
+
+
+def promptable_from_file(model_file: ModelFile, source: str) -> PromptableSam:
+    """A `PromptableSam` with the weights, categories and operating point of a promptable model file."""
+    model = build_promptable(PromptableConfig.from_dict(model_file.config, source=f"{source} (config)"))
+    load_weights(model, model_file.state_dict, source)
+    model.categories = model_file.categories
+    model.operating_point = model_file.operating_point
     return model.eval()
 
 

@@ -168,7 +168,7 @@ def create_app(
         PromptService(
             promptable.checkpoint, promptable.cache_bytes, metrics, config.device, promptable.batch_size
         )
-        if promptable.checkpoint is not None
+        if promptable.enabled
         else None
     )
 
@@ -250,8 +250,7 @@ def create_app(
     def prompt_service() -> PromptService:
         if prompting is None:
             raise NotFound(
-                "no promptable model is configured here (serving config: promptable.checkpoint, a SAM / "
-                "MobileSAM checkpoint)",
+                "the promptable routes are switched off here (serving config: promptable.enabled)",
                 "no_promptable_model",
             )
         return prompting

@@ -12,7 +12,7 @@ drift: {window: 500, psi_threshold: 0.2}
 shadow: {share: 0.1, versions: {nuclei: 4}, max_pending: 16}
 canary: {enabled: true, window_requests: 1000, min_requests: 50, max_error_rate_increase: 0.02,
          max_p95_ratio: 1.5, min_agreement: 0.7, auto_promote_after: 0}
-promptable: {checkpoint: /srv/instaseg/mobile_sam.pt, cache_bytes: 268435456}
+promptable: {checkpoint: /srv/instaseg/mobile_sam.pt, cache_bytes: 268435456}   # default: nuclei_promptable
 ```
 
 Unknown keys and values of the wrong type raise `ConfigError` naming the dotted key. Relative paths are taken
@@ -232,16 +232,19 @@ class CanaryConfig:
             )
 
 
-# One cached SAM embedding: (1, 256, 64, 64) float32.
+# One cached SAM embedding: (1, 256, 64, 64) float32 (the bundled promptable model's are a quarter of it).
 EMBEDDING_BYTES = 256 * 64 * 64 * 4
 
 
 @dataclass(frozen=True)
 class PromptableConfig:
-    """`POST /v1/embeddings` and `/v1/segment`: the SAM / MobileSAM `checkpoint` that answers them (an
-    `instaseg export` of one, `sam.onnx`, runs on ONNX Runtime; None: the routes answer 404), the byte cap of
-    the embedding cache (4 MiB an image), and the prompts per decoder pass."""
+    """`POST /v1/embeddings` and `/v1/segment`, on unless `enabled` is false (then they answer 404): the
+    promptable model that answers them (`checkpoint`: None for the bundled `nuclei_promptable`, else anything
+    `instaseg.models.load_promptable` takes: a SAM / MobileSAM checkpoint, an `instaseg export` of one
+    (`sam.onnx`, on ONNX Runtime), a promptable model file), the byte cap of the embedding cache (a SAM
+    embedding is 4 MiB), and the prompts per decoder pass."""
 
+    enabled: bool = True
     checkpoint: str | None = None
     cache_bytes: int = 64 * EMBEDDING_BYTES
     batch_size: int = 64

@@ -1,4 +1,5 @@
-"""Promptable segmentation in the service: `POST /v1/embeddings` and `POST /v1/segment` with SAM / MobileSAM.
+"""Promptable segmentation in the service: `POST /v1/embeddings` and `POST /v1/segment`, with the bundled
+promptable model or a SAM / MobileSAM checkpoint (`instaseg.models.load_promptable`).
 
 An image is embedded once (the image encoder: seconds on a CPU) and its embedding kept in an LRU cache with a
 byte cap, keyed by the SHA-256 of the uploaded bytes: that key is the `embedding_id` a client sends back with
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from instaseg.models.sam import Sam
-from instaseg.models.sam.checkpoint import SamCheckpointError, load_sam
-from instaseg.models.sam.onnx_sam import OnnxSam
+from instaseg.models.default_model import DEFAULT_PROMPTABLE_MODEL
+from instaseg.models.loading import PromptableModel, load_promptable
+from instaseg.models.model_file import WeightsError
+from instaseg.models.sam.checkpoint import SamCheckpointError
 from instaseg.models.sam.predictor import PromptError, SamPredictor
 from instaseg.serving.errors import BadInput, NotFound
 from instaseg.serving.limits import DecodedImage
@@ -31,7 +33,7 @@ __all__ = ["CachedEmbedding", "Embedded", "EmbeddingCache", "PromptService", "Pr
 
 @dataclass(frozen=True)
 class CachedEmbedding:
-    """One image's `(1, 256, 64, 64)` float32 embedding, its original `(H, W)` and resized input `(h, w)`."""
+    """One image's `(1, 256, h, w)` float32 embedding, its original `(H, W)` and resized input `(h, w)`."""
 
     embedding: torch.Tensor
     original_size: tuple[int, int]
@@ -105,25 +107,22 @@ class Prompts:
 
 
 class PromptService:
-    """A SAM / MobileSAM checkpoint behind the two routes (see the module docstring); a `.onnx` path names the
-    two graphs of an export, run on ONNX Runtime (`OnnxSam`, CPU)."""
+    """A promptable model behind the two routes (see the module docstring): `checkpoint` None is the bundled
+    `nuclei_promptable`; a `.onnx` path names the two graphs of a SAM export, run on ONNX Runtime (CPU)."""
 
     def __init__(
         self,
-        checkpoint: str | Path,
+        checkpoint: str | Path | None,
         cache_bytes: int,
         metrics: ServingMetrics,
         device: str = "cpu",
         batch_size: int = 64,
     ) -> None:
         try:
-            # An export (`instaseg export --model SAM --out sam.onnx`) runs on ONNX Runtime.
-            self.model: Sam | OnnxSam = (
-                OnnxSam(checkpoint) if Path(checkpoint).suffix == ".onnx" else load_sam(checkpoint, device)
-            )
-        except (SamCheckpointError, FileNotFoundError) as error:
+            self.model: PromptableModel = load_promptable(checkpoint, device)
+        except (SamCheckpointError, WeightsError, FileNotFoundError) as error:
             raise ValueError(f"promptable.checkpoint: {error}") from None
-        self.checkpoint = Path(checkpoint)
+        self.name = Path(checkpoint).name if checkpoint is not None else DEFAULT_PROMPTABLE_MODEL
         self.cache = EmbeddingCache(cache_bytes, metrics)
         self.metrics = metrics
         self._predictor = SamPredictor(self.model, device=device, batch_size=batch_size)
@@ -131,7 +130,7 @@ class PromptService:
 
     def describe(self) -> dict[str, str]:
         """What answers these routes, for responses: the checkpoint's file name and architecture."""
-        return {"checkpoint": self.checkpoint.name, "arch": self.model.arch}
+        return {"checkpoint": self.name, "arch": self.model.arch}
 
     def embed(self, image: DecodedImage) -> Embedded:
         """`image`'s embedding from the cache, or from the encoder (then cached)."""

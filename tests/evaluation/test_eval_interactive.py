@@ -225,4 +225,4 @@ def test_eval_prompts_command_scores_a_promptable_model_file(tmp_path, capsys):
     assert main([*args, "--max-clicks", "0"]) == 2
     assert "--max-clicks must be >= 1" in capsys.readouterr().err
     assert main(["eval-prompts", "--gt", str(gt), "--model", str(tmp_path / "missing.pt")]) == 2
-    assert "missing.pt: no such file" in capsys.readouterr().err
+    assert "missing.pt' is neither a file" in capsys.readouterr().err

@@ -7,17 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from instaseg.models import build, load_model
+from instaseg.models import build, load_model, load_promptable
 from instaseg.models.build import save_weights
 from instaseg.models.model_file import WeightsError
 from instaseg.models.promptable import (
     PromptableConfig,
+    PromptableSam,
     build_promptable,
     load_promptable_encoder_weights,
     promptable_model_file,
 )
 from instaseg.models.promptable.model import corrective_clicks, mask_losses
 from instaseg.models.promptable.prompt_simulation import jittered_boxes, random_points
+from instaseg.models.sam.automatic_masks import SamEverythingModel
 from instaseg.models.sam.predictor import PromptError, SamPredictor
 
 TINY = PromptableConfig(image_size=64)
@@ -72,10 +74,19 @@ def test_model_files_round_trip(tmp_path):
     fresh.categories = [{"id": 7, "name": "nucleus"}]
     path = tmp_path / "promptable.pt"
     promptable_model_file(fresh, {"iteration": 0}).save(path)
-    loaded = load_model(path)
+    loaded = load_promptable(path)
+    assert isinstance(loaded, PromptableSam)
     assert loaded.config == TINY and loaded.categories == [{"id": 7, "name": "nucleus"}]
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], value)
+    # As a detector (load_model), a promptable model segments everything, class-agnostic.
+    everything = load_model(path)
+    assert isinstance(everything, SamEverythingModel) and everything.sam.config == TINY
+
+
+def test_load_promptable_refuses_a_detector_file(tiny_model_checkpoint):
+    with pytest.raises(WeightsError, match="not a promptable model"):
+        load_promptable(tiny_model_checkpoint)
 
 
 def test_simulated_points_and_boxes_stay_on_their_objects():
@@ -113,3 +124,24 @@ def test_corrective_clicks_and_losses_of_a_round():
     # IoU target: outputs 0 and 2 have IoU 0, output 1 IoU 1
     expected = ((predicted - torch.tensor([0.0, 1.0, 0.0])) ** 2).mean() * TINY.iou_weight
     torch.testing.assert_close(losses[2], expected)
+
+
+def test_prompt_maps_draw_clicks_and_boxes_where_they_are():
+    from instaseg.models.promptable.prompt_maps import PromptMapEncoder
+
+    encoder = PromptMapEncoder((8, 8), (64, 64))  # low-res grid 32 x 32, 2 input pixels per cell
+    coords = torch.tensor([[[20.0, 40.0], [50.0, 10.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1, 0, -1]])  # positive, negative, padding (not drawn)
+    boxes = torch.tensor([[8.0, 12.0, 24.0, 20.0]])
+    maps = encoder.maps((coords, labels), boxes)
+    assert maps.shape == (1, 3, 32, 32)
+    positive, negative, box = maps[0]
+    # pixel (20, 40) has its centre at (20.5, 40.5) = low-res (10.25, 20.25): cell row 20, column 10
+    assert divmod(int(positive.argmax()), 32) == (20, 10) and positive.max() > 0.9
+    assert divmod(int(negative.argmax()), 32) == (5, 25)
+    assert positive[0, 0] < 1e-3 and negative[0, 0] < 1e-3  # the padding point left no mark
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[6:10, 4:12] = True  # cell centres 4.5..11.5 in [4, 12] and 6.5..9.5 in [6, 10]
+    assert torch.equal(box.bool(), inside)
+    assert encoder((coords, labels), boxes).shape == (1, 256, 8, 8)
+    assert encoder.maps(None, boxes)[0, :2].abs().sum() == 0

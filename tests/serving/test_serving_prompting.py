@@ -186,8 +186,10 @@ def test_routes_need_a_key(env: Env) -> None:
     assert env.client.post("/v1/embeddings", files={"image": ("a.png", png(8, 8, 0))}).status_code == 401
 
 
-def test_without_a_promptable_model_the_routes_say_so(tmp_path: Path) -> None:
-    config = ServingConfig(registry=str(_registry(tmp_path)), torch_threads=1)
+def test_with_the_routes_switched_off_they_say_so(tmp_path: Path) -> None:
+    config = ServingConfig(
+        registry=str(_registry(tmp_path)), torch_threads=1, promptable=PromptableConfig(enabled=False)
+    )
     with TestClient(create_app(config)) as client:
         answer = client.post("/v1/segment", json={"embedding_id": "x", "boxes": [[1, 1, 2, 2]]})
     assert answer.status_code == 404 and answer.json()["error"]["kind"] == "no_promptable_model"

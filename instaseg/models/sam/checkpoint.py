@@ -100,12 +100,15 @@ def load_sam(
     checkpoint: str | Path | Mapping,
     map_location: str | torch.device = "cpu",
     expected_arch: str | None = None,
+    source: str | None = None,
 ) -> Sam:
     """A `Sam` in eval mode with the weights of `checkpoint` (a file path or an already loaded dict).
 
-    `expected_arch` (e.g. `"vit_t"`) refuses a checkpoint of another architecture by name.
+    `expected_arch` (e.g. `"vit_t"`) refuses a checkpoint of another architecture by name; `source` names a
+    loaded dict's file in errors.
     """
-    source = str(checkpoint) if isinstance(checkpoint, str | Path) else "checkpoint"
+    if source is None:
+        source = str(checkpoint) if isinstance(checkpoint, str | Path) else "checkpoint"
     if isinstance(checkpoint, str | Path):
         path = Path(checkpoint)
         if not path.is_file():

@@ -38,6 +38,8 @@ class OnnxSam:
     """The encoder and decoder graphs of one SAM export on ONNX Runtime (CPU), `threads` intra-op threads."""
 
     mask_threshold = MASK_THRESHOLD
+    # SAM's geometry, fixed in the exported graphs.
+    embedding_size = (64, 64)
     image_size = IMAGE_SIZE
     mask_input_size = _MASK_INPUT_SIZE
 

@@ -117,16 +117,18 @@ class SamPredictor:
     def set_embedding(
         self, embedding: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
     ) -> None:
-        """Use a precomputed `(1, 256, 64, 64)` embedding (e.g. cached) of an image of `original_size`."""
-        if tuple(embedding.shape) != (1, 256, 64, 64):
-            raise PromptError(f"embedding must have shape (1, 256, 64, 64), got {tuple(embedding.shape)}")
+        """Use a precomputed `(1, 256, h, w)` embedding (e.g. cached; `(h, w)` is the model's
+        `embedding_size`, 64 x 64 for SAM) of an image of `original_size`."""
+        expected = (1, 256, *self.model.embedding_size)
+        if tuple(embedding.shape) != expected:
+            raise PromptError(f"embedding must have shape {expected}, got {tuple(embedding.shape)}")
         self._embedding = embedding.to(self.device, torch.float32)
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
 
     @property
     def embedding(self) -> torch.Tensor:
-        """The cached `(1, 256, 64, 64)` embedding of the current image."""
+        """The cached `(1, 256, h, w)` embedding of the current image."""
         if self._embedding is None:
             raise RuntimeError("SamPredictor: no image set; call set_image(image) first")
         return self._embedding

@@ -26,6 +26,7 @@ from instaseg.models.protocol import (
     OperatingPoint,
     SegmentationModel,
 )
+from instaseg.models.sam.onnx_sam import OnnxSam
 from instaseg.models.sam.predictor import SamPredictor
 from instaseg.models.sam.sam import Sam
 from instaseg.models.sam.transforms import to_rgb_array
@@ -43,7 +44,7 @@ class SamRefinedModel(nn.Module):
     def __init__(
         self,
         detector: SegmentationModel,
-        sam: Sam,
+        sam: Sam | OnnxSam,
         mode: str = "replace",
         min_agreement: float = 0.5,
         batch_size: int = 64,
@@ -86,7 +87,8 @@ class SamRefinedModel(nn.Module):
     ) -> list[Instances]:
         """`(3, H, W)` float images in [0, 1] -> the detector's `Instances`, masks redrawn by SAM."""
         detections = self.detector.detect(images, options)
-        device = next(self.sam.parameters()).device
+        # An OnnxSam (an exported SAM) runs on ONNX Runtime's CPU; a Sam where its weights are.
+        device = next(self.sam.parameters()).device if isinstance(self.sam, Sam) else torch.device("cpu")
         predictor = SamPredictor(self.sam, device=device, batch_size=self.batch_size)
         refined = []
         for image, found in zip(images, detections, strict=True):

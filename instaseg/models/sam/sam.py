@@ -48,6 +48,11 @@ class Sam(nn.Module):
         return IMAGE_SIZE
 
     @property
+    def embedding_size(self) -> tuple[int, int]:
+        """`(h, w)` cells of the image embedding `(1, 256, h, w)`: 64 x 64 for SAM."""
+        return self.prompt_encoder.image_embedding_size
+
+    @property
     def mask_input_size(self) -> tuple[int, int]:
         """`(H, W)` of a low-res mask prompt (256 x 256)."""
         return self.prompt_encoder.mask_input_size
