@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from instaseg.models import load_model
+from instaseg.models import load_promptable
 from instaseg.models.promptable import build_promptable
 from instaseg.models.sam.predictor import SamPredictor
 
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = load_model(args.model) if args.model else build_promptable("promptable_efficientnet_lite0")
+    model = load_promptable(args.model) if args.model else build_promptable("promptable_efficientnet_lite0")
     predictor = SamPredictor(model)
     width, height = (int(v) for v in args.size.split("x"))
     image = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
