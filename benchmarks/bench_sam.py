@@ -17,9 +17,12 @@ Measures, with `--threads` threads (2, as ../shared/fixtures/sam/REFERENCE_TIMES
   (`mobile_sam_weights_spec.json`: informative blob masks; random weights give one image-wide mask) on the
   fixture's 512x512 astronaut image, filters off as in REFERENCE_TIMES (`--pred-iou-thresh` and
   `--stability-thresh` set them), once each (they are long), and how many of the exact mode's masks the fast
-  mode recovers at mask IoU >= 0.8.
+  mode recovers at mask IoU >= 0.8. `--amg-model` runs these rows on another promptable model instead (a
+  trained one, e.g. the bundled `nuclei_promptable`, whose point prompts return real objects' masks, which
+  the fast mode's skipping relies on) and `--amg-image` on another image.
 
     .venv/bin/python benchmarks/bench_sam.py [--threads 2] [--repeats 3] [--grid 32] [--skip-vit-b] [--onnx]
+    .venv/bin/python benchmarks/bench_sam.py --skip-encoders --amg-model nuclei_promptable --amg-image IMG
 
 Prints a Markdown table with the command, machine and date (for docs/benchmarks.md).
 """
@@ -43,6 +46,8 @@ import numpy as np
 import torch
 
 from instaseg.export.sam_onnx import export_sam
+from instaseg.io.images import load_image
+from instaseg.models import load_promptable
 from instaseg.models.sam import MASK_THRESHOLD, VIT_B, load_sam, mobile_sam, sam_vit
 from instaseg.models.sam import mask_decoder as decoder_module
 from instaseg.models.sam.automatic_masks import (
@@ -187,10 +192,10 @@ def baseline_generate(
     with _OfficialDecoder(model):
         for start in range(0, len(points), 64):
             batch = torch.from_numpy(points[start : start + 64])
-            coords = scale_coords(batch, size)[:, None]
+            coords = scale_coords(batch, size, model.image_size)[:, None]
             embedding = predictor.embedding.expand(len(batch), -1, -1, -1)  # repeated per prompt
             low_res, scores = model.decode(embedding, (coords, torch.ones(len(batch), 1, dtype=torch.int64)))
-            logits = postprocess_masks(low_res, predictor.input_size, size).flatten(0, 1)
+            logits = postprocess_masks(low_res, predictor.input_size, size, model.image_size).flatten(0, 1)
             scores = scores.flatten()
             keep = scores > iou if iou > 0 else torch.ones_like(scores, dtype=torch.bool)
             logits, scores = logits[keep], scores[keep]
@@ -250,6 +255,8 @@ def main() -> None:
     parser.add_argument("--skip-vit-b", action="store_true")
     parser.add_argument("--skip-encoders", action="store_true")
     parser.add_argument("--skip-amg", action="store_true")
+    parser.add_argument("--amg-model", help="promptable model of the AMG rows (default: the fixture's)")
+    parser.add_argument("--amg-image", type=Path, help="image of the AMG rows (default: the fixture's)")
     parser.add_argument(
         "--onnx", action="store_true", help="also vit_t's encoder and decoder on ONNX Runtime"
     )
@@ -265,8 +272,9 @@ def main() -> None:
         rows += onnx_rows(model, args.repeats)
     notes = []
     if not args.skip_amg:
-        image = cases["image_uint8_hwc"].numpy()
-        amg, note = amg_rows(model, image, args.grid, args.pred_iou_thresh, args.stability_thresh)
+        image = load_image(args.amg_image) if args.amg_image else cases["image_uint8_hwc"].numpy()
+        amg_model = load_promptable(args.amg_model) if args.amg_model else model
+        amg, note = amg_rows(amg_model, image, args.grid, args.pred_iou_thresh, args.stability_thresh)
         rows += amg
         notes.append(note)
     print(f"command: {' '.join(['python', *sys.argv])}")
