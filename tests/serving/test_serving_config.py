@@ -128,9 +128,11 @@ def test_shadow_and_canary_errors_name_the_key(tmp_path: Path, text: str, messag
 def test_promptable_routes_default_to_the_bundled_model_and_can_be_switched_off(tmp_path: Path) -> None:
     default = ServingConfig(registry=str(tmp_path)).promptable
     assert default.enabled and default.checkpoint is None
-    off = load_serving_config(write(tmp_path, "promptable: {enabled: false}\n"))
+    off = load_serving_config(write(tmp_path, "registry: r\npromptable: {enabled: false}\n"))
     assert not off.promptable.enabled
-    sam = load_serving_config(write(tmp_path, "promptable: {checkpoint: mobile_sam.pt, batch_size: 8}\n"))
+    sam = load_serving_config(
+        write(tmp_path, "registry: r\npromptable: {checkpoint: mobile_sam.pt, batch_size: 8}\n")
+    )
     assert sam.promptable.enabled and sam.promptable.checkpoint == "mobile_sam.pt"
     with pytest.raises(ConfigError, match="promptable.enabled"):
-        load_serving_config(write(tmp_path, "promptable: {enabled: maybe}\n"))
+        load_serving_config(write(tmp_path, "registry: r\npromptable: {enabled: maybe}\n"))
