@@ -60,8 +60,10 @@ class PromptMapEncoder(nn.Module):
             coords, labels = points
             x = (coords[..., 0].float() + 0.5) * scale_x  # (B, N) low-res pixels, pixel centre
             y = (coords[..., 1].float() + 0.5) * scale_y
-            d2 = (xs - x[..., None, None]) ** 2 + (ys[:, None] - y[..., None, None]) ** 2  # (B, N, h, w)
-            gauss = torch.exp(-d2 / (2 * CLICK_SIGMA**2))
+            # A 2-D Gaussian is the product of two 1-D ones: exp on (B, N, h) + (B, N, w), not (B, N, h, w).
+            along_x = torch.exp(-((xs - x[..., None]) ** 2) / (2 * CLICK_SIGMA**2))
+            along_y = torch.exp(-((ys - y[..., None]) ** 2) / (2 * CLICK_SIGMA**2))
+            gauss = along_y[..., :, None] * along_x[..., None, :]  # (B, N, h, w)
             for channel, label in ((0, 1), (1, 0)):
                 chosen = (labels == label)[..., None, None]
                 maps[:, channel] = torch.where(chosen, gauss, 0.0).amax(dim=1)
