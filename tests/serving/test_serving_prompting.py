@@ -215,3 +215,19 @@ def test_an_onnx_export_serves_the_same_masks(env: Env, tmp_path: Path) -> None:
     served = decode_rle([{"size": i["mask"]["size"], "counts": i["mask"]["counts"]} for i in instances])
     expected = _library_masks(env.sam, image, boxes=[[2, 3, 30, 20]], multimask=False)
     assert (served.astype(bool) == expected).mean() > 0.999
+
+
+def test_without_a_checkpoint_the_bundled_promptable_model_answers(tmp_path: Path) -> None:
+    from instaseg.models import load_promptable
+
+    config = ServingConfig(registry=str(_registry(tmp_path)), torch_threads=1)  # no promptable section
+    image = png(48, 64, seed=2)
+    request = {"image": {"image_base64": base64.b64encode(image).decode()}, "boxes": [[4, 6, 30, 28]]}
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/v1/segment", json={**request, "multimask": False})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == {"checkpoint": "nuclei_promptable", "arch": "lite0_fpn"}
+    instances = answer.json()["instances"]
+    served = decode_rle([{"size": i["mask"]["size"], "counts": i["mask"]["counts"]} for i in instances])
+    expected = _library_masks(load_promptable(), image, boxes=[[4, 6, 30, 28]], multimask=False)
+    assert served.shape == expected.shape and (served.astype(bool) == expected).mean() > 0.999
