@@ -91,7 +91,9 @@ class ModelFile:
                     raise WeightsError(f"weight {name!r} holds values beyond float16's range ({limit:g})")
                 tensor = tensor.half()
             state[name] = tensor
-        return dataclasses.replace(self, state_dict=state)
+        return dataclasses.replace(
+            self, state_dict=state, provenance={**self.provenance, "weights": "float16"}
+        )
 
     def save(self, path: str | Path, **extra: Any) -> None:
         """Write atomically (a failed write leaves the old file); `extra` keys ride along (training state)."""

@@ -64,7 +64,7 @@ def test_a_float16_model_file_is_half_the_size_and_detects_the_same(
         original.config,
         original.categories,
     )
-    assert half.operating_point == original.operating_point
+    assert half.operating_point == original.operating_point and half.provenance["weights"] == "float16"
     floats = [name for name, tensor in original.state_dict.items() if tensor.dtype == torch.float32]
     assert floats and all(half.state_dict[name].dtype == torch.float16 for name in floats)
     assert out.stat().st_size < 0.55 * bundled.stat().st_size
