@@ -13,7 +13,7 @@ from instaseg.engine.checkpoint import load_checkpoint
 from instaseg.engine.config import ConfigError, config_from_dict
 from instaseg.engine.metrics_log import read_metrics
 from instaseg.engine.trainer import PROMPTABLE_LOSS_KEYS, train
-from instaseg.models import build, load_model
+from instaseg.models import build, load_model, load_promptable
 from instaseg.models.build import save_weights
 from instaseg.models.promptable import PromptableSam
 
@@ -98,7 +98,7 @@ def test_promptable_model_files_and_frozen_encoder(promptable_run, detector_file
     root, _ = promptable_run
     last = load_checkpoint(root / "run" / "last.pt")
     assert last["family"] == "promptable" and last["iteration"] == ITERATIONS
-    model = load_model(root / "run" / "best.pt")
+    model = load_promptable(root / "run" / "best.pt")
     assert isinstance(model, PromptableSam) and model.image_size == 64
     assert model.categories == [{"id": 1, "name": "ellipse"}, {"id": 2, "name": "rectangle"}]
     torch.testing.assert_close(model.state_dict(), last["ema"]["module"])
@@ -108,7 +108,7 @@ def test_promptable_model_files_and_frozen_encoder(promptable_run, detector_file
         model.image_encoder.backbone.fpn.layer_blocks[1][0].weight,
         detector.backbone.fpn.layer_blocks[1][0].weight,
     )
-    trained = load_model(root / "run" / "last.pt")
+    trained = load_promptable(root / "run" / "last.pt")
     assert all(not p.requires_grad for p in trained.image_encoder.backbone.parameters())
 
 
