@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from instaseg.evaluation.interactive import evaluate_prompts
     from instaseg.io.atomic import atomic_write
     from instaseg.models import load_promptable
+    from instaseg.models.default_model import DEFAULT_PROMPTABLE_MODEL
     from instaseg.models.sam.predictor import SamPredictor
 
     for name in ("max_clicks", "max_images", "max_objects_per_image", "threads"):
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    metrics["model"] = str(args.model or "nuclei_promptable")
+    metrics["model"] = str(args.model or DEFAULT_PROMPTABLE_MODEL)
     metrics["gt"] = str(args.gt)
     with atomic_write(args.out, "w") as stream:
         json.dump(metrics, stream, indent=2)

@@ -68,9 +68,8 @@ class PromptMapEncoder(nn.Module):
                 chosen = (labels == label)[..., None, None]
                 maps[:, channel] = torch.where(chosen, gauss, 0.0).amax(dim=1)
         if boxes is not None:
-            x1, y1, x2, y2 = (boxes.float() * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])).unbind(
-                1
-            )
+            scale = boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+            x1, y1, x2, y2 = (boxes.float() * scale).unbind(1)
             inside_x = (xs >= x1[:, None]) & (xs <= x2[:, None])
             inside_y = (ys >= y1[:, None]) & (ys <= y2[:, None])
             maps[:, 2] = (inside_y[:, :, None] & inside_x[:, None, :]).float()
