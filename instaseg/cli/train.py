@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not result.is_main:
         return 0
-    best = "n/a" if result.best_mask_ap is None else f"{result.best_mask_ap:.4f}"
-    print(f"trained to iteration {result.iteration}; best validation mask AP {best}; run in {result.run_dir}")
+    best = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+    print(
+        f"trained to iteration {result.iteration}; best validation {result.best_metric} {best}; "
+        f"run in {result.run_dir}"
+    )
     return 0

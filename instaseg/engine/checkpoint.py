@@ -4,9 +4,9 @@ exactly, in one `torch.save`d dict per file, written atomically.
 Beside the model-file keys (architecture, weights, categories, operating point, provenance), a checkpoint
 holds `TRAINING_KEYS`: `train_config` (the resolved training config as plain data), `optimizer`,
 `scheduler`, `ema` (or None), `iteration` (optimiser steps done), `rng` (Python, NumPy and torch generator
-states) and `best` (the best validation mask AP so far, or None). So `last.pt` loads like any model file
-(`instaseg.models.load_model`), and everything in it is tensors and plain data (`torch.load(...,
-weights_only=True)`).
+states) and `best` (the best validation score so far, or None: see `TrainResult`). So `last.pt` loads like
+any model file (`instaseg.models.load_model`), and everything in it is tensors and plain data
+(`torch.load(..., weights_only=True)`).
 """
 
 from __future__ import annotations

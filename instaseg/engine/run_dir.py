@@ -2,7 +2,8 @@
 
 config.yaml             the resolved training config (every default filled in)
 last.pt                 the latest training checkpoint (what `--resume` continues from)
-best.pt                 the weights with the best validation mask AP so far (`instaseg.models.build` loads it)
+best.pt                 the weights with the best validation score so far: mask AP, or prompt IoU for
+                        promptable models (`instaseg.models.load_model` loads it)
 metrics.jsonl           training and evaluation records, one JSON object per line
 val_ground_truth.json   the validation set as COCO JSON (what evaluation compares against)
 """

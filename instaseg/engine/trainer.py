@@ -99,11 +99,15 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What a run ended with (on rank 0; other ranks see `best_mask_ap` and `last_eval` as None)."""
+    """What a run ended with (on rank 0; other ranks see `best_score` and `last_eval` as None).
+
+    `best_score` is the best validation value of `best_metric`, the metric that picks `best.pt`: `segm_AP`
+    for detectors, the simulation's first-prompt IoU for promptable models."""
 
     run_dir: Path
     iteration: int
-    best_mask_ap: float | None
+    best_metric: str
+    best_score: float | None
     last_eval: dict[str, float] | None
     is_main: bool = True  # False on the other ranks of a torchrun job, which should stay quiet
 
@@ -245,7 +249,12 @@ class Trainer:
         finally:
             bar.close()
         return TrainResult(
-            Path(self.config.output_dir), self.iteration, self.best, self.last_eval, self.context.is_main
+            Path(self.config.output_dir),
+            self.iteration,
+            self._best_metric(),
+            self.best,
+            self.last_eval,
+            self.context.is_main,
         )
 
     def _batches(self) -> Iterator[tuple[list[torch.Tensor], list]]:
@@ -325,15 +334,14 @@ class Trainer:
         self.metrics.append(record)
 
     def _evaluate(self) -> None:
-        """Predict on every process; rank 0 scores, logs, and keeps `best.pt` by mask AP."""
+        """Predict on every process; rank 0 scores, logs, and keeps `best.pt` by `_best_metric()`."""
         evaluated = self.ema.module if self.ema is not None else self.model
         results = self.evaluator.predict(evaluated)
         if not self.context.is_main:
             return
         metrics = self.evaluator.score(results)
         self.last_eval = metrics
-        best_metric = PROMPTABLE_BEST_METRIC if isinstance(evaluated, PromptableSam) else "segm_AP"
-        score = metrics[best_metric]
+        score = metrics[self._best_metric()]
         improved = self.best is None or score > self.best
         if improved:
             self.best = score
@@ -341,6 +349,11 @@ class Trainer:
         self.metrics.append(
             {"kind": "eval", "iteration": self.iteration, "time": time.time(), **metrics, "best": improved}
         )
+
+    def _best_metric(self) -> str:
+        """The validation metric that picks `best.pt`."""
+        model = self.ema.module if self.ema is not None else self.model
+        return PROMPTABLE_BEST_METRIC if isinstance(model, PromptableSam) else "segm_AP"
 
     def _save_last(self) -> None:
         if self.files is None:

@@ -27,6 +27,7 @@ from instaseg.models.build import CONFIG_SUFFIXES, MODEL_CONFIGS, build, load_we
 from instaseg.models.coco_names import COCO_CATEGORY_NAMES
 from instaseg.models.condinst.build import CONDINST_CONFIGS, build_condinst, load_condinst_weights
 from instaseg.models.condinst.config import CondInstConfig
+from instaseg.models.condinst.model import CondInst
 from instaseg.models.config import MaskRCNNConfig
 from instaseg.models.default_model import BUNDLED_MODELS, DEFAULT_PROMPTABLE_MODEL, bundled_model_source
 from instaseg.models.mask_rcnn import MaskRCNN
@@ -92,13 +93,7 @@ def model_from_file(model_file: ModelFile, source: str = "model file") -> Segmen
         return SamEverythingModel(promptable_from_file(model_file, source)).eval()
     else:  # ModelFile refuses unknown families; a new family adds its branch here
         raise WeightsError(f"{source}: no constructor for model family {model_file.family!r}")
-    model.categories = model_file.categories
-    model.operating_point = model_file.operating_point
-    if model.categories is not None and len(model.categories) != model.num_classes - 1:
-        raise WeightsError(
-            f"{source}: {len(model.categories)} categories for a model with {model.num_classes - 1} classes "
-            "(plus background)"
-        )
+    _set_labels(model, model_file, source)
     return model.eval()
 
 
@@ -137,9 +132,20 @@ def promptable_from_file(model_file: ModelFile, source: str) -> PromptableSam:
     """A `PromptableSam` with the weights, categories and operating point of a promptable model file."""
     model = build_promptable(PromptableConfig.from_dict(model_file.config, source=f"{source} (config)"))
     load_weights(model, model_file.state_dict, source)
+    _set_labels(model, model_file, source)
+    return model.eval()
+
+
+def _set_labels(model: MaskRCNN | CondInst | PromptableSam, model_file: ModelFile, source: str) -> None:
+    """Give `model` its file's categories and operating point, refusing a category list that does not fit
+    the model's classes."""
+    if model_file.categories is not None and len(model_file.categories) != model.num_classes - 1:
+        raise WeightsError(
+            f"{source}: {len(model_file.categories)} categories for a model with {model.num_classes - 1} "
+            "classes (plus background)"
+        )
     model.categories = model_file.categories
     model.operating_point = model_file.operating_point
-    return model.eval()
 
 
 def _torchvision_state_dict(state_dict: dict[str, Any], path: Path) -> MaskRCNN:

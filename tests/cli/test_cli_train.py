@@ -102,8 +102,8 @@ def test_bad_overrides_and_flags(config_path, tmp_path):
 
 
 def test_only_the_main_process_prints_the_summary(config_path, tmp_path, capsys, monkeypatch):
-    other_rank = TrainResult(tmp_path / "run", 2, None, None, is_main=False)
+    other_rank = TrainResult(tmp_path / "run", 2, "segm_AP", None, None, is_main=False)
     monkeypatch.setattr(trainer, "train", lambda config, **options: other_rank)  # the command imports it late
     args = _cli("train", "--config", str(config_path), "--no-progress")
     assert args.func(args) == 0
-    assert capsys.readouterr().out == ""  # rank 1 would say "best validation mask AP n/a" beside rank 0
+    assert capsys.readouterr().out == ""  # rank 1 would say "best validation segm_AP n/a" beside rank 0

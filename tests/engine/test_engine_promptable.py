@@ -72,7 +72,10 @@ def promptable_config(root: Path, detector: Path, output: str = "run") -> dict:
 def promptable_run(tmp_path_factory, detector_file) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("promptable")
     data = promptable_config(root, detector_file)
-    assert train(config_from_dict(data), progress=False).iteration == ITERATIONS
+    result = train(config_from_dict(data), progress=False)
+    assert result.iteration == ITERATIONS
+    # best.pt is picked by the prompt simulation's IoU, and the result says so (not "mask AP").
+    assert result.best_metric == "prompt_iou" and 0.0 <= result.best_score <= 1.0
     return root, data
 
 
