@@ -84,7 +84,6 @@ def test_model_files_round_trip(tmp_path):
     assert isinstance(everything, SamEverythingModel) and everything.sam.config == TINY
 
 
-
 def test_a_promptable_file_with_more_categories_than_classes_is_refused(tmp_path):
     fresh = build_promptable(TINY)  # num_classes 2: background + one category
     fresh.categories = [{"id": 1, "name": "nucleus"}, {"id": 2, "name": "cell"}]
@@ -93,6 +92,7 @@ def test_a_promptable_file_with_more_categories_than_classes_is_refused(tmp_path
     for load in (load_promptable, load_model):
         with pytest.raises(WeightsError, match="promptable.pt: 2 categories for a model with 1 classes"):
             load(path)
+
 
 def test_load_promptable_refuses_a_detector_file(tiny_model_checkpoint):
     with pytest.raises(WeightsError, match="not a promptable model"):
