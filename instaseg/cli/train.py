@@ -53,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not result.is_main:
         return 0
-    best = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
-    print(
-        f"trained to iteration {result.iteration}; best validation {result.best_metric} {best}; "
-        f"run in {result.run_dir}"
-    )
+    if result.best_metric is None:
+        validation = "no validation set"
+    else:
+        best = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+        validation = f"best validation {result.best_metric} {best}"
+    print(f"trained to iteration {result.iteration}; {validation}; run in {result.run_dir}")
     return 0

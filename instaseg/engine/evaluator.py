@@ -32,6 +32,8 @@ PQ_MIN_SCORE = 0.5
 class Evaluator:
     """Scores a model on a validation `Dataset`; `ground_truth_path` is where its COCO JSON is written."""
 
+    best_metric = "segm_AP"  # the metric of `score` that picks best.pt
+
     def __init__(
         self,
         dataset: Dataset,

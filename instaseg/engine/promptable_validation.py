@@ -23,6 +23,8 @@ class PromptValidator:
     """Scores a `PromptableSam` on the first `max_images` images of `dataset`, on rank 0 only, with the
     prompts drawn from a generator seeded by `seed` (the same prompts at every evaluation)."""
 
+    best_metric = BEST_METRIC
+
     def __init__(
         self,
         dataset: Dataset,

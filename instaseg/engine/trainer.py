@@ -49,7 +49,6 @@ from instaseg.engine.ema import ModelEMA
 from instaseg.engine.evaluator import Evaluator
 from instaseg.engine.metrics_log import MetricsLog
 from instaseg.engine.optim import build_optimizer
-from instaseg.engine.promptable_validation import BEST_METRIC as PROMPTABLE_BEST_METRIC
 from instaseg.engine.promptable_validation import PromptValidator
 from instaseg.engine.run_dir import prepare_run_dir
 from instaseg.engine.sampler import TrainingBatchSampler, derive_seed
@@ -101,12 +100,12 @@ class TrainingDivergedError(RuntimeError):
 class TrainResult:
     """What a run ended with (on rank 0; other ranks see `best_score` and `last_eval` as None).
 
-    `best_score` is the best validation value of `best_metric`, the metric that picks `best.pt`: `segm_AP`
-    for detectors, the simulation's first-prompt IoU for promptable models."""
+    `best_score` is the best validation value of `best_metric`, the validator's metric that picks `best.pt`
+    (`segm_AP` for detectors, `prompt_iou` for promptable models; None without a validation set)."""
 
     run_dir: Path
     iteration: int
-    best_metric: str
+    best_metric: str | None
     best_score: float | None
     last_eval: dict[str, float] | None
     is_main: bool = True  # False on the other ranks of a torchrun job, which should stay quiet
@@ -251,7 +250,7 @@ class Trainer:
         return TrainResult(
             Path(self.config.output_dir),
             self.iteration,
-            self._best_metric(),
+            None if self.evaluator is None else self.evaluator.best_metric,
             self.best,
             self.last_eval,
             self.context.is_main,
@@ -334,14 +333,15 @@ class Trainer:
         self.metrics.append(record)
 
     def _evaluate(self) -> None:
-        """Predict on every process; rank 0 scores, logs, and keeps `best.pt` by `_best_metric()`."""
+        """Predict on every process; rank 0 scores, logs, and keeps `best.pt` by the validator's
+        `best_metric`."""
         evaluated = self.ema.module if self.ema is not None else self.model
         results = self.evaluator.predict(evaluated)
         if not self.context.is_main:
             return
         metrics = self.evaluator.score(results)
         self.last_eval = metrics
-        score = metrics[self._best_metric()]
+        score = metrics[self.evaluator.best_metric]
         improved = self.best is None or score > self.best
         if improved:
             self.best = score
@@ -349,11 +349,6 @@ class Trainer:
         self.metrics.append(
             {"kind": "eval", "iteration": self.iteration, "time": time.time(), **metrics, "best": improved}
         )
-
-    def _best_metric(self) -> str:
-        """The validation metric that picks `best.pt`."""
-        model = self.ema.module if self.ema is not None else self.model
-        return PROMPTABLE_BEST_METRIC if isinstance(model, PromptableSam) else "segm_AP"
 
     def _save_last(self) -> None:
         if self.files is None:

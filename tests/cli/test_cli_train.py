@@ -107,3 +107,21 @@ def test_only_the_main_process_prints_the_summary(config_path, tmp_path, capsys,
     args = _cli("train", "--config", str(config_path), "--no-progress")
     assert args.func(args) == 0
     assert capsys.readouterr().out == ""  # rank 1 would say "best validation segm_AP n/a" beside rank 0
+
+
+@pytest.mark.parametrize(
+    ("metric", "score", "expected"),
+    [
+        ("prompt_iou", 0.666, "best validation prompt_iou 0.6660"),
+        ("segm_AP", None, "best validation segm_AP n/a"),
+        (None, None, "no validation set"),
+    ],
+)
+def test_the_summary_names_the_metric_that_picked_best(
+    config_path, tmp_path, capsys, monkeypatch, metric, score, expected
+):
+    finished = TrainResult(tmp_path / "run", 5, metric, score, None)
+    monkeypatch.setattr(trainer, "train", lambda config, **options: finished)
+    args = _cli("train", "--config", str(config_path), "--no-progress")
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == f"trained to iteration 5; {expected}; run in {tmp_path / 'run'}\n"

@@ -82,6 +82,7 @@ def full_run(tmp_path_factory) -> tuple[Path, dict]:
     data = tiny_config(root)
     result = train(config_from_dict(data), progress=False)
     assert result.iteration == ITERATIONS
+    assert result.best_metric == "segm_AP" and 0.0 <= result.best_score <= 1.0  # picks best.pt
     return root, data
 
 
@@ -149,7 +150,8 @@ def test_resume_repeats_an_uninterrupted_run_bit_for_bit(full_run, tmp_path):
 def test_a_run_resumed_with_more_iterations_follows_the_new_learning_rate_curve(full_run, tmp_path):
     root, data = full_run
     data = {**data, "output_dir": str(tmp_path / "run"), "data": {**data["data"], "val": None}}
-    train(config_from_dict(data), progress=False)  # a finished cosine run ends at lr 0
+    unvalidated = train(config_from_dict(data), progress=False)  # a finished cosine run ends at lr 0
+    assert unvalidated.best_metric is None and unvalidated.best_score is None  # nothing picks best.pt
     moved = tmp_path / "moved"
     (tmp_path / "run").rename(moved)  # a resume may name the folder differently, or find it moved
     longer = config_from_dict(
