@@ -107,6 +107,38 @@ def test_model_file_round_trip_gives_the_same_detections(tmp_path):
     torch.testing.assert_close(first.fields["mask_logits"], second.fields["mask_logits"])
 
 
+def randomise_norm_statistics(model: torch.nn.Module) -> None:
+    """Non-trivial batch-norm statistics and affine parameters (a fresh layer's fold is the identity)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                channels = module.num_features
+                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.2)
+                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
+
+
+def test_inference_folds_every_norm_and_keeps_the_outputs():
+    model = confident_model().eval()
+    randomise_norm_statistics(model)
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        folded, folded_masks = model.features(images)
+        pyramid = model.neck(model.body(images))  # the model's own, unfolded networks
+        reference, reference_masks = model.head(pyramid, HEAD_STRIDES), model.mask_branch(pyramid[0])
+    network = model.folded_network()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+    for name in ("cls_logits", "distances", "kernels"):
+        torch.testing.assert_close(getattr(folded, name), getattr(reference, name), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(folded_masks, reference_masks, rtol=1e-4, atol=1e-4)
+    # A changed weight (an optimiser step, load_state_dict) rebuilds the folded copy.
+    with torch.no_grad():
+        model.head.cls_logits.bias.fill_(-3.0)
+    assert model.folded_network() is not network
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="unknown key 'neck_width'"):
         CondInstConfig.from_dict({"neck_width": 3})

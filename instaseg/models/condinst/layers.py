@@ -1,8 +1,14 @@
-"""Small convolution blocks of the neck and head: batch-normalised, ReLU, depthwise-separable where wide."""
+"""Small convolution blocks of the neck and head: batch-normalised, ReLU, depthwise-separable where wide.
+
+`fold_norms` turns a trained network's blocks into their inference form (batch norm folded into the
+convolutions).
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from instaseg.models.norm import folded_conv
 
 
 class ConvBN(nn.Sequential):
@@ -53,3 +59,40 @@ class SharedSeparableConv(nn.Module):
     def forward(self, x: Tensor, level: int) -> Tensor:
         x = self.act(self.depthwise_norms[level](self.depthwise(x)))
         return self.act(self.pointwise_norms[level](self.pointwise(x)))
+
+    def folded(self) -> LevelSeparableConv:
+        """The inference form: each level's norms folded into its own copy of the two convolutions."""
+        levels = range(len(self.depthwise_norms))
+        return LevelSeparableConv(
+            [folded_conv(self.depthwise, self.depthwise_norms[level]) for level in levels],
+            [folded_conv(self.pointwise, self.pointwise_norms[level]) for level in levels],
+        )
+
+
+class LevelSeparableConv(nn.Module):
+    """`SharedSeparableConv` with its norms folded (`SharedSeparableConv.folded`): per level a depthwise and
+    a pointwise convolution with bias, each followed by ReLU. `forward(x, level)` as the shared block's."""
+
+    def __init__(self, depthwise: list[nn.Conv2d], pointwise: list[nn.Conv2d]) -> None:
+        super().__init__()
+        self.depthwise = nn.ModuleList(depthwise)
+        self.pointwise = nn.ModuleList(pointwise)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        return self.act(self.pointwise[level](self.act(self.depthwise[level](x))))
+
+
+def fold_norms(module: nn.Module) -> None:
+    """Fold the batch norm of every `ConvBN` and `SharedSeparableConv` inside `module` into the convolutions,
+    in place, using the norms' running statistics: eval-mode outputs stay the same up to float rounding, and
+    each block runs one memory-bound pass over its activations fewer. For an inference copy only (the
+    folded blocks no longer train as batch-normalised ones)."""
+    for name, child in module.named_children():
+        if isinstance(child, ConvBN):
+            child[0] = folded_conv(child[0], child[1])
+            child[1] = nn.Identity()
+        elif isinstance(child, SharedSeparableConv):
+            setattr(module, name, child.folded())
+        else:
+            fold_norms(child)
