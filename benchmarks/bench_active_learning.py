@@ -29,9 +29,16 @@ object count range that every run covers (each run's curve interpolated onto it)
 the same interval.
 
 Outputs in --out: `rounds.jsonl` (one line per method, seed and round: images, objects, AP, the chosen
-image ids), `summary.json` (per method and round mean and std of AP, images and objects; AUCs mean and std
-over seeds), `curves.png` (mean AP with a +-1 std band against images and against objects). Results and the
-command that made them go to docs/models.md ("Active learning").
+image ids), `protocol.json` (data, config, overrides, fractions, rounds), `summary.json` (per method and round
+mean and std of AP, images and objects; AUCs mean and std over seeds), `curves.png` (mean AP with a +-1 std
+band against images and against objects); the rounds' training runs go to `--work` (default OUT/runs).
+Results and the command that made them go to docs/models.md ("Active learning").
+
+Resuming (the full protocol outlasts a session): `--resume` keeps the finished (method, seed) curves of
+`rounds.jsonl`, drops an unfinished one (it reruns whole: every curve comes from one uninterrupted sequence
+of models) and refuses a `protocol.json` that differs from this run's. Without `--resume`, an existing
+`rounds.jsonl` is an error, never overwritten. Keeping `--out` in the repository (`benchmarks/results/...`)
+and `--work` under `runs/` carries the finished curves from one machine to the next.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from instaseg.data.records import Dataset
 from instaseg.data.synthetic import make_synthetic_dataset
 from instaseg.engine.config import load_config
 from instaseg.engine.trainer import train
+from instaseg.io.atomic import atomic_write
 from instaseg.models.loading import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +113,7 @@ def simulate(args: argparse.Namespace, method: Method, seed: int, pool: Dataset,
     labelled = set(np.random.default_rng(seed).choice(ids, size=first, replace=False).tolist())
     rows = []
     for round_index in range(args.rounds):
-        folder = args.out / "runs" / method.value / f"seed{seed}" / f"round{round_index}"
+        folder = args.work / method.value / f"seed{seed}" / f"round{round_index}"
         folder.mkdir(parents=True, exist_ok=True)
         write_subset(pool, labelled, folder / "train.json")
         ap, checkpoint = train_round(
@@ -237,6 +245,57 @@ def smoke_data(out: Path) -> tuple[Path, Path]:
     return pool, val
 
 
+def protocol_of(args: argparse.Namespace) -> dict:
+    """What must not change between a run and its `--resume`: data, recipe and rounds."""
+    return {
+        "pool": str(args.pool),
+        "val": str(args.val),
+        "config": str(args.config),
+        "override": list(args.override),
+        "initial_fraction": args.initial_fraction,
+        "step_fraction": args.step_fraction,
+        "rounds": args.rounds,
+    }
+
+
+def completed_curves(log: Path, rounds: int, pool_size: int) -> list[dict]:
+    """The rows of `log` that belong to finished (method, seed) curves: all `rounds` rounds, or fewer when
+    the pool ran out. Rows of an unfinished curve (a run stopped mid-way) are left out: it reruns whole, so
+    every curve's rounds come from one uninterrupted sequence of models."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    curves: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        curves.setdefault((row["method"], row["seed"]), []).append(row)
+    kept = []
+    for curve in curves.values():
+        curve.sort(key=lambda row: row["round"])
+        if len(curve) == rounds or curve[-1]["images"] == pool_size:
+            kept += curve
+    return kept
+
+
+def start_log(args: argparse.Namespace, pool_size: int) -> list[dict]:
+    """Prepare `--out` for a run: the finished rows to continue from (`--resume`), else an empty log. Never
+    overwrites an earlier run's results: without `--resume` an existing log is an error."""
+    log, protocol_path = args.out / "rounds.jsonl", args.out / "protocol.json"
+    protocol = protocol_of(args)
+    if log.exists() and log.stat().st_size and not args.resume:
+        raise SystemExit(f"{log} holds an earlier run: pass --resume to continue it, or choose another --out")
+    rows: list[dict] = []
+    if args.resume and log.exists():
+        earlier = json.loads(protocol_path.read_text()) if protocol_path.exists() else None
+        if earlier != protocol:
+            raise SystemExit(
+                f"--resume: {protocol_path} records another protocol ({earlier}); this run is {protocol}"
+            )
+        rows = completed_curves(log, args.rounds, pool_size)
+    with atomic_write(protocol_path, "w") as stream:
+        stream.write(json.dumps(protocol, indent=1) + "\n")
+    with atomic_write(log, "w") as stream:
+        stream.writelines(json.dumps(row) + "\n" for row in rows)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=Path, help="COCO JSON of the training pool")
@@ -252,7 +311,15 @@ def main() -> int:
     parser.add_argument("--override", action="append", default=[], help="extra KEY=VALUE for every round")
     parser.add_argument("--rank-device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--out", type=Path, required=True, help="results: rounds.jsonl, protocol.json, summary.json, plot"
+    )
+    parser.add_argument("--work", type=Path, help="the rounds' training runs (default: OUT/runs)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out: its finished (method, seed) curves are kept, the rest rerun",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -275,12 +342,15 @@ def main() -> int:
         parser.error("fractions must lie in (0, 1) and --rounds be >= 1")
     pool = read_coco(args.pool, strict=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / "rounds.jsonl"
-    log.unlink(missing_ok=True)
-    rows = []
+    args.work = args.work or args.out / "runs"
+    rows = start_log(args, len(pool.images))
+    done = {(row["method"], row["seed"]) for row in rows}
     for seed in seeds:
         for method in methods:
-            rows += simulate(args, method, seed, pool, log)
+            if (method.value, seed) in done:
+                print(f"{method.value} seed {seed}: finished in {args.out / 'rounds.jsonl'}, skipped")
+                continue
+            rows += simulate(args, method, seed, pool, args.out / "rounds.jsonl")
     summary = summarise(rows)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, args.out / "curves.png")
@@ -290,7 +360,7 @@ def main() -> int:
             f"{method:18s} AUC images {data['auc_images_mean']:.4f} ± {data['auc_images_std']:.4f}   "
             f"objects {data['auc_objects_mean']:.4f} ± {data['auc_objects_std']:.4f}"
         )
-    print(f"wrote {log}, {args.out / 'summary.json'}, {args.out / 'curves.png'}")
+    print(f"wrote {args.out / 'rounds.jsonl'}, {args.out / 'summary.json'}, {args.out / 'curves.png'}")
     return 0 if all(math.isfinite(r["segm_AP"]) for r in rows) else 1
 
 

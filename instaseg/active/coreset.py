@@ -17,7 +17,7 @@ from torch import Tensor
 @runtime_checkable
 class FeatureModel(Protocol):
     """The optional capability core-set needs: `image_features((3, H, W) images) -> (B, C)` pooled features
-    (`instaseg.models.MaskRCNN` has it; an exported ONNX model does not)."""
+    (`MaskRCNN` and `CondInst` have it; an exported ONNX model does not)."""
 
     def image_features(self, images: list[Tensor]) -> Tensor: ...
 

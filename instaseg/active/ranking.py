@@ -148,8 +148,9 @@ def rank_images(
     if method in _NEEDS_FEATURES and not isinstance(model, FeatureModel):
         raise MissingCapabilityError(
             f"method {method.value!r} needs pooled backbone features, but the model "
-            f"({type(model).__name__}) has no image_features(images) method; PyTorch Mask R-CNN models have "
-            "it (an exported .onnx model does not): rank with the checkpoint, or use an uncertainty method"
+            f"({type(model).__name__}) has no image_features(images) method; PyTorch Mask R-CNN and CondInst "
+            "models have it (an exported .onnx model does not): rank with the checkpoint, or use an "
+            "uncertainty method"
         )
     labelled_files: list[Path] = []
     if labelled:

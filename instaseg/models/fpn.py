@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -59,3 +61,19 @@ class FeaturePyramidNetwork(nn.Module):
             results.insert(0, self.layer_blocks[index](last_inner))
         results.append(F.max_pool2d(results[-1], kernel_size=1, stride=2, padding=0))
         return OrderedDict(zip(FPN_LEVEL_NAMES, results, strict=True))
+
+
+def pooled_pyramid_features(
+    levels: Sequence[Tensor], strides: Sequence[int], image_sizes: Sequence[tuple[int, int]]
+) -> Tensor:
+    """One feature vector per image of a padded batch, for diversity sampling (`instaseg.active`): each level
+    `(B, C, H / stride, W / stride)` averaged over the cells of image i's own `image_sizes[i]` (h, w) pixels
+    (never its padding), then the levels averaged -> `(B, C)`."""
+    pooled = []
+    for index, (height, width) in enumerate(image_sizes):
+        means = [
+            level[index, :, : -(-height // stride), : -(-width // stride)].mean(dim=(1, 2))
+            for level, stride in zip(levels, strides, strict=True)
+        ]
+        pooled.append(torch.stack(means).mean(dim=0))
+    return torch.stack(pooled)

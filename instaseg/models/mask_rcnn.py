@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instaseg.models.backbone import BackboneWithFPN
-from instaseg.models.fpn import FPN_LEVEL_NAMES, FPN_LEVEL_STRIDES
+from instaseg.models.fpn import FPN_LEVEL_NAMES, FPN_LEVEL_STRIDES, pooled_pyramid_features
 from instaseg.models.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ModelInputError,
@@ -174,14 +174,8 @@ class MaskRCNN(nn.Module):
             raise ModelInputError("image_features needs eval mode; call model.eval() first")
         batch, _ = self.transform(prepare_images(images, self.max_image_pixels))
         features = self.backbone(batch.tensors)
-        pooled = []
-        for index, (height, width) in enumerate(batch.image_sizes):
-            levels = [
-                features[name][index, :, : -(-height // stride), : -(-width // stride)].mean(dim=(1, 2))
-                for name, stride in zip(FPN_LEVEL_NAMES[:4], FPN_LEVEL_STRIDES[:4], strict=True)
-            ]
-            pooled.append(torch.stack(levels).mean(dim=0))
-        return torch.stack(pooled)
+        levels = [features[name] for name in FPN_LEVEL_NAMES[:4]]
+        return pooled_pyramid_features(levels, FPN_LEVEL_STRIDES[:4], batch.image_sizes)
 
     def detect_batch(
         self, batch: ImageBatch, options: DetectOptions = DEFAULT_DETECT_OPTIONS

@@ -1,9 +1,10 @@
-"""benchmarks/bench_active_learning.py: its area under the curve and its summary over seeds."""
+"""benchmarks/bench_active_learning.py: its area under the curve, its summary over seeds, and resuming a run."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,7 @@ def test_two_rounds_of_core_set_on_synthetic_data(bench, tmp_path: Path) -> None
     pool = bench.read_coco(pool_json, strict=True)
     args = argparse.Namespace(
         out=tmp_path,
+        work=tmp_path / "runs",
         config=bench.SMOKE_CONFIG,
         val=val_json,
         initial_fraction=0.25,
@@ -83,3 +85,39 @@ def test_two_rounds_of_core_set_on_synthetic_data(bench, tmp_path: Path) -> None
     assert set(rows[0]["labelled_ids"]) < set(rows[1]["labelled_ids"])
     assert all(0.0 <= row["segm_AP"] <= 1.0 for row in rows)
     assert len((tmp_path / "rounds.jsonl").read_text().splitlines()) == 2
+
+
+def _protocol_args(tmp_path: Path, resume: bool) -> argparse.Namespace:
+    return argparse.Namespace(
+        out=tmp_path,
+        pool=Path("pool.json"),
+        val=Path("val.json"),
+        config=Path("config.yaml"),
+        override=["schedule.iterations=3"],
+        initial_fraction=0.1,
+        step_fraction=0.1,
+        rounds=2,
+        resume=resume,
+    )
+
+
+def test_resume_keeps_finished_curves_and_never_overwrites_a_log(bench, tmp_path: Path) -> None:  # noqa: ANN001
+    assert bench.start_log(_protocol_args(tmp_path, resume=False), pool_size=10) == []
+    rows = [
+        _row("random", 0, 0, 1, 10, 0.1),
+        _row("random", 0, 1, 2, 20, 0.3),
+        _row("coreset", 0, 0, 1, 10, 0.1),  # stopped after its first round
+        _row("hybrid", 1, 0, 10, 90, 0.5),  # the pool ran out after one round: finished
+    ]
+    log = tmp_path / "rounds.jsonl"
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(SystemExit, match="pass --resume"):
+        bench.start_log(_protocol_args(tmp_path, resume=False), pool_size=10)
+    assert len(log.read_text().splitlines()) == 4  # nothing lost
+    kept = bench.start_log(_protocol_args(tmp_path, resume=True), pool_size=10)
+    assert [(row["method"], row["round"]) for row in kept] == [("random", 0), ("random", 1), ("hybrid", 0)]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == kept
+    changed = _protocol_args(tmp_path, resume=True)
+    changed.rounds = 3
+    with pytest.raises(SystemExit, match="another protocol"):
+        bench.start_log(changed, pool_size=10)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from instaseg.active.coreset import FeatureModel
 from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.inference.tiling import TilingOptions
@@ -137,6 +138,21 @@ def test_inference_folds_every_norm_and_keeps_the_outputs():
     with torch.no_grad():
         model.head.cls_logits.bias.fill_(-3.0)
     assert model.folded_network() is not network
+
+
+def test_image_features_pool_each_image_without_its_padding():
+    model = confident_model().eval()
+    assert isinstance(model, FeatureModel)  # core-set and hybrid ranking can use this family
+    small = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(2))
+    large = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        alone = model.image_features([small])
+        batched = model.image_features([small, large])
+    assert batched.shape == (2, 32)  # the neck's channels (SMALL)
+    # Padded to the large image's size, the small image's cells change only near its border (convolutions
+    # see the padding there): its vector stays far closer to its own unpadded one than to the other image's.
+    padding_change = torch.linalg.vector_norm(batched[0] - alone[0])
+    assert padding_change < 0.25 * torch.linalg.vector_norm(batched[0] - batched[1])
 
 
 def test_config_errors_name_the_field():

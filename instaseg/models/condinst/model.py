@@ -28,6 +28,7 @@ from instaseg.models.condinst.losses import dice_loss, mask_targets, paired_giou
 from instaseg.models.condinst.neck import PAFPN
 from instaseg.models.condinst.transform import NoUpscaleTransform
 from instaseg.models.efficientnet_lite import EfficientNetLite
+from instaseg.models.fpn import pooled_pyramid_features
 from instaseg.models.inputs import ModelInputError, Target, prepare_images, prepare_targets
 from instaseg.models.mask_rcnn import detections_to_instances
 from instaseg.models.norm import fold_frozen_batchnorm
@@ -120,11 +121,11 @@ class CondInst(nn.Module):
 
     def folded_network(self) -> _Network:
         """For eval-mode inference: a copy of body, neck, head and mask branch with every batch norm folded
-        into its convolution (the body's frozen norms were a quarter of its CPU time at 256 x 256; folding the
-        neck's and head's as well saves another 3-8% of the forward time on an idle 2-core CPU). Rebuilt when any of their tensors was
-        replaced or changed in place (an optimiser or EMA step, `load_state_dict`), which the tensors' ids and
-        version counters tell; kept outside the module tree, so neither `state_dict` nor `parameters` sees
-        it."""
+        into its convolution (the body's frozen norms were a quarter of its CPU time at 256 x 256; folding
+        the neck's and head's as well saves another 3-8% of the forward time on an idle 2-core CPU). Rebuilt
+        when any of their tensors was replaced or changed in place (an optimiser or EMA step,
+        `load_state_dict`), which the tensors' ids and version counters tell; kept outside the module tree,
+        so neither `state_dict` nor `parameters` sees it."""
         parts = (self.body, self.neck, self.head, self.mask_branch)
         tensors = [tensor for part in parts for tensor in (*part.parameters(), *part.buffers())]
         key = tuple((id(tensor), tensor._version) for tensor in tensors)
@@ -155,6 +156,17 @@ class CondInst(nn.Module):
                 strict=True,
             )
         ]
+
+    def image_features(self, images: Sequence[Tensor]) -> Tensor:
+        """Pooled neck features for diversity sampling (`instaseg.active`): `(3, H, W)` [0, 1] images ->
+        `(B, C)` float, C = the neck's channels: each of P2..P4 averaged over the image's own (unpadded)
+        cells, then the three levels averaged (as `MaskRCNN.image_features`). Eval mode."""
+        if self.training:
+            raise ModelInputError("image_features needs eval mode; call model.eval() first")
+        batch, _ = self.transform(prepare_images(list(images), self.max_image_pixels))
+        network = self.folded_network()
+        pyramid = network.neck(network.body(batch.tensors.contiguous(memory_format=torch.channels_last)))
+        return pooled_pyramid_features(pyramid, HEAD_STRIDES, batch.image_sizes)
 
     def detect_batch(
         self,
