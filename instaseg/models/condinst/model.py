@@ -121,9 +121,9 @@ class CondInst(nn.Module):
 
     def folded_network(self) -> _Network:
         """For eval-mode inference: a copy of body, neck, head and mask branch with every batch norm folded
-        into its convolution (the body's frozen norms were a quarter of its CPU time at 256 x 256; folding
-        the neck's and head's as well saves another 3-8% of the forward time on an idle 2-core CPU). Rebuilt
-        when any of their tensors was replaced or changed in place (an optimiser or EMA step,
+        into its convolution (the body's frozen norms were a quarter of its CPU time at 256 x 256; the neck's
+        and head's norms are a smaller share, larger on a busy machine, where memory-bound passes wait).
+        Rebuilt when any of their tensors was replaced or changed in place (an optimiser or EMA step,
         `load_state_dict`), which the tensors' ids and version counters tell; kept outside the module tree,
         so neither `state_dict` nor `parameters` sees it."""
         parts = (self.body, self.neck, self.head, self.mask_branch)
