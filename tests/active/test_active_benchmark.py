@@ -1,4 +1,4 @@
-"""benchmarks/bench_active_learning.py: its area under the curve, its summary over seeds, and resuming a run."""
+"""benchmarks/bench_active_learning.py: area under the curve, summary over seeds, resuming a run."""
 
 from __future__ import annotations
 
