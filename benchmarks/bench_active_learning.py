@@ -343,14 +343,15 @@ def main() -> int:
     pool = read_coco(args.pool, strict=True)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or args.out / "runs"
+    log = args.out / "rounds.jsonl"
     rows = start_log(args, len(pool.images))
     done = {(row["method"], row["seed"]) for row in rows}
     for seed in seeds:
         for method in methods:
             if (method.value, seed) in done:
-                print(f"{method.value} seed {seed}: finished in {args.out / 'rounds.jsonl'}, skipped")
+                print(f"{method.value} seed {seed}: finished in {log}, skipped")
                 continue
-            rows += simulate(args, method, seed, pool, args.out / "rounds.jsonl")
+            rows += simulate(args, method, seed, pool, log)
     summary = summarise(rows)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, args.out / "curves.png")
@@ -360,7 +361,7 @@ def main() -> int:
             f"{method:18s} AUC images {data['auc_images_mean']:.4f} ± {data['auc_images_std']:.4f}   "
             f"objects {data['auc_objects_mean']:.4f} ± {data['auc_objects_std']:.4f}"
         )
-    print(f"wrote {args.out / 'rounds.jsonl'}, {args.out / 'summary.json'}, {args.out / 'curves.png'}")
+    print(f"wrote {log}, {args.out / 'summary.json'}, {args.out / 'curves.png'}")
     return 0 if all(math.isfinite(r["segm_AP"]) for r in rows) else 1
 
 

@@ -23,13 +23,11 @@ import time
 from pathlib import Path
 
 import torch
+from bench_predict import EVERY_DETECTION
 
 from instaseg.evaluation.report import evaluate
-from instaseg.inference.postprocess import PostprocessOptions
 from instaseg.inference.predictor import Predictor
 from instaseg.io.atomic import atomic_write
-
-EVERY_DETECTION = PostprocessOptions(score_threshold=0.05, mask_threshold=0.5)
 
 
 def score_model(model: str, gt_path: Path, max_dets: int, dsb_min_score: float) -> dict:

@@ -40,13 +40,8 @@ class FrozenBatchNorm2d(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
-        """`(C,)` per-channel `scale` and `shift` with `forward(x) = x * scale + shift`."""
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        return scale, self.bias - self.running_mean * scale
-
     def forward(self, x: Tensor) -> Tensor:
-        scale, shift = self.scale_and_shift()
+        scale, shift = norm_scale_and_shift(self)
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -56,9 +51,7 @@ class FrozenBatchNorm2d(nn.Module):
 def norm_scale_and_shift(norm: FrozenBatchNorm2d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """`(C,)` per-channel `scale` and `shift` with `norm(x) = x * scale + shift` (a `BatchNorm2d` with its
     running statistics, as in eval mode)."""
-    if isinstance(norm, FrozenBatchNorm2d):
-        return norm.scale_and_shift()
-    if not (norm.affine and norm.track_running_stats):
+    if isinstance(norm, nn.BatchNorm2d) and not (norm.affine and norm.track_running_stats):
         raise ValueError(f"cannot fold {norm}: it needs affine parameters and running statistics")
     scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
     return scale, norm.bias - norm.running_mean * scale

@@ -114,10 +114,15 @@ class CondInst(nn.Module):
 
     def features(self, tensors: Tensor) -> tuple[HeadOutputs, Tensor]:
         """Padded batch `(B, 3, H, W)` -> head outputs and mask features `(B, mask_channels, H/4, W/4)`."""
+        network, pyramid = self._pyramid(tensors)
+        return network.head(pyramid, HEAD_STRIDES), network.mask_branch(pyramid[0])
+
+    def _pyramid(self, tensors: Tensor) -> tuple[nn.Module, list[Tensor]]:
+        """Padded batch -> (the networks that ran: the folded copy in eval mode, except while exporting;
+        P2..P4)."""
         inference = not self.training and not torch.compiler.is_exporting()
         network = self.folded_network() if inference else self
-        pyramid = network.neck(network.body(tensors.contiguous(memory_format=torch.channels_last)))
-        return network.head(pyramid, HEAD_STRIDES), network.mask_branch(pyramid[0])
+        return network, network.neck(network.body(tensors.contiguous(memory_format=torch.channels_last)))
 
     def folded_network(self) -> _Network:
         """For eval-mode inference: a copy of body, neck, head and mask branch with every batch norm folded
@@ -164,8 +169,7 @@ class CondInst(nn.Module):
         if self.training:
             raise ModelInputError("image_features needs eval mode; call model.eval() first")
         batch, _ = self.transform(prepare_images(list(images), self.max_image_pixels))
-        network = self.folded_network()
-        pyramid = network.neck(network.body(batch.tensors.contiguous(memory_format=torch.channels_last)))
+        _, pyramid = self._pyramid(batch.tensors)
         return pooled_pyramid_features(pyramid, HEAD_STRIDES, batch.image_sizes)
 
     def detect_batch(
