@@ -1,11 +1,14 @@
 """Active learning measured honestly: simulated annotation rounds, every method against random, several seeds.
 
-Full protocol (issue 19; dozens of training runs: a GPU machine, or days of CPU):
+Full protocol (issue 19; 3 seeds x (1 shared + 4 methods x 5) rounds = 63 training runs of the fastest
+family, CondInst, at 250 iterations: about 8 hours of a 2-core CPU, carried across sessions by `--resume`):
 
     .venv/bin/python benchmarks/bench_active_learning.py --pool runs/nuclei/train.json \
-        --val runs/nuclei/val.json --config configs/nuclei_lite0.yaml \
-        --methods random,mean-uncertainty,tta-disagreement,coreset,hybrid --seeds 0,1,2 \
-        --initial-fraction 0.05 --step-fraction 0.05 --rounds 6 --out runs/al_bench
+        --val runs/nuclei/val.json --config configs/nuclei_condinst.yaml \
+        --override schedule.iterations=250 --override schedule.warmup_iterations=50 \
+        --methods random,mean-uncertainty,coreset,hybrid --seeds 0,1,2 \
+        --initial-fraction 0.05 --step-fraction 0.05 --rounds 6 \
+        --out benchmarks/results/al_nuclei --work runs/al_nuclei --resume
 
 Smoke run (synthetic data, the tiny ResNet-18 recipe, a few iterations per round; minutes on 2 CPU cores;
 it checks the machinery, its numbers mean nothing):
@@ -35,10 +38,13 @@ band against images and against objects); the rounds' training runs go to `--wor
 Results and the command that made them go to docs/models.md ("Active learning").
 
 Resuming (the full protocol outlasts a session): `--resume` keeps the finished (method, seed) curves of
-`rounds.jsonl`, drops an unfinished one (it reruns whole: every curve comes from one uninterrupted sequence
-of models) and refuses a `protocol.json` that differs from this run's. Without `--resume`, an existing
-`rounds.jsonl` is an error, never overwritten. Keeping `--out` in the repository (`benchmarks/results/...`)
-and `--work` under `runs/` carries the finished curves from one machine to the next.
+`rounds.jsonl`, reruns an unfinished one from its first round, and refuses a `protocol.json` that differs
+from this run's. A rerun curve is the same sequence of models: a round whose run in `--work` finished for
+the same labelled images, seed and recipe (its `result.json`) is reused, not retrained, and ranking with
+that model picks the same images again. Round 0 (the seed set every method of a seed shares) is one run
+per seed for the same reason. Without `--resume`, an existing `rounds.jsonl` is an error, never
+overwritten. Keeping `--out` in the repository (`benchmarks/results/...`) carries the finished curves from
+one machine to the next; `--work` under `runs/` carries the finished rounds while the machine lasts.
 """
 
 from __future__ import annotations
@@ -81,25 +87,52 @@ def write_subset(pool: Dataset, image_ids: set[int], path: Path) -> None:
     write_coco(Dataset(images, pool.categories, pool.root), path)
 
 
+def round_folder(work: Path, method: Method, seed: int, round_index: int) -> Path:
+    """Where a round's training run lives. Round 0 trains on the seed set that every method of a seed shares,
+    so it is one run per seed, not one per method."""
+    if round_index == 0:
+        return work / f"seed{seed}" / "round0"
+    return work / method.value / f"seed{seed}" / f"round{round_index}"
+
+
 def train_round(
-    config: Path, train_json: Path, val_json: Path, run_dir: Path, seed: int, overrides: list[str]
+    args: argparse.Namespace, pool: Dataset, labelled: set[int], folder: Path, seed: int
 ) -> tuple[float, Path]:
-    """Train one round from the config's start; (validation mask AP, the checkpoint)."""
+    """Train one round on the pool images `labelled` from the config's start; (validation mask AP, the
+    checkpoint). A finished run in `folder` for the same images, seed and recipe (its `result.json`) is
+    reused instead of retrained: the same model, so an interrupted curve continues where it stopped."""
+    key = {
+        "labelled_ids": sorted(labelled),
+        "seed": seed,
+        "config": str(args.config),
+        "val": str(args.val),
+        "override": list(args.override),
+    }
+    result_path, checkpoint = folder / "result.json", folder / "run" / "last.pt"
+    if result_path.exists() and checkpoint.exists():
+        earlier = json.loads(result_path.read_text())
+        if earlier["key"] == key:
+            return float(earlier["segm_AP"]), checkpoint
+    folder.mkdir(parents=True, exist_ok=True)
+    write_subset(pool, labelled, folder / "train.json")
     settings = [
-        f"output_dir={run_dir}",
-        f"data.train.path={train_json}",
+        f"output_dir={folder / 'run'}",
+        f"data.train.path={folder / 'train.json'}",
         "data.train.format=coco",
-        f"data.val.path={val_json}",
+        f"data.val.path={args.val}",
         "data.val.format=coco",
         f"train.seed={seed}",
         "train.ema_decay=null",
         "train.eval_period=0",
-        *overrides,
+        *args.override,
     ]
-    result = train(load_config(config, settings), overwrite=True, progress=False)
+    result = train(load_config(args.config, settings), overwrite=True, progress=False)
     if result.last_eval is None or "segm_AP" not in result.last_eval:
-        raise RuntimeError(f"{run_dir}: the run ended without a validation mask AP")
-    return float(result.last_eval["segm_AP"]), run_dir / "last.pt"
+        raise RuntimeError(f"{folder}: the run ended without a validation mask AP")
+    ap = float(result.last_eval["segm_AP"])
+    with atomic_write(result_path, "w") as stream:
+        stream.write(json.dumps({"key": key, "segm_AP": ap}) + "\n")
+    return ap, checkpoint
 
 
 def simulate(args: argparse.Namespace, method: Method, seed: int, pool: Dataset, log: Path) -> list[dict]:
@@ -113,12 +146,8 @@ def simulate(args: argparse.Namespace, method: Method, seed: int, pool: Dataset,
     labelled = set(np.random.default_rng(seed).choice(ids, size=first, replace=False).tolist())
     rows = []
     for round_index in range(args.rounds):
-        folder = args.work / method.value / f"seed{seed}" / f"round{round_index}"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_subset(pool, labelled, folder / "train.json")
-        ap, checkpoint = train_round(
-            args.config, folder / "train.json", args.val, folder / "run", seed, args.override
-        )
+        folder = round_folder(args.work, method, seed, round_index)
+        ap, checkpoint = train_round(args, pool, labelled, folder, seed)
         row = {
             "method": method.value,
             "seed": seed,

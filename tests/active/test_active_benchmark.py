@@ -121,3 +121,35 @@ def test_resume_keeps_finished_curves_and_never_overwrites_a_log(bench, tmp_path
     changed.rounds = 3
     with pytest.raises(SystemExit, match="another protocol"):
         bench.start_log(changed, pool_size=10)
+
+
+def test_a_finished_round_is_reused_for_the_same_images_and_retrained_for_others(
+    bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    pool_json, val_json = bench.smoke_data(tmp_path)
+    pool = bench.read_coco(pool_json, strict=True)
+    args = argparse.Namespace(
+        config=bench.SMOKE_CONFIG, val=val_json, override=list(bench.SMOKE_OVERRIDES), work=tmp_path / "runs"
+    )
+    trained: list[Path] = []
+
+    def fake_train(config, overwrite: bool, progress: bool):  # noqa: ANN001, ANN202 (the trainer's signature)
+        run = Path(config.output_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "last.pt").write_bytes(b"checkpoint")
+        trained.append(run)
+        return argparse.Namespace(last_eval={"segm_AP": 0.1 * len(trained)})
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    first = bench.round_folder(args.work, bench.Method.CORESET, 0, 0)
+    assert first == bench.round_folder(args.work, bench.Method.RANDOM, 0, 0)  # round 0: one run per seed
+    ap, checkpoint = bench.train_round(args, pool, {1, 2, 3}, first, 0)
+    assert (ap, checkpoint) == (pytest.approx(0.1), first / "run" / "last.pt")
+    assert bench.train_round(args, pool, {3, 2, 1}, first, 0)[0] == pytest.approx(0.1)  # reused
+    assert len(trained) == 1
+    assert bench.read_coco(first / "train.json").images[0].id == 1
+    assert bench.train_round(args, pool, {1, 2, 4}, first, 0)[0] == pytest.approx(0.2)  # other images
+    assert bench.train_round(args, pool, {1, 2, 4}, first, 1)[0] == pytest.approx(0.3)  # another seed
+    assert len(trained) == 3
+    later = bench.round_folder(args.work, bench.Method.CORESET, 0, 1)
+    assert later != bench.round_folder(args.work, bench.Method.RANDOM, 0, 1)
