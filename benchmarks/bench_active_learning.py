@@ -1,14 +1,15 @@
 """Active learning measured honestly: simulated annotation rounds, every method against random, several seeds.
 
 Full protocol (issue 19; 3 seeds x (1 shared + 4 methods x 5) rounds = 63 training runs of the fastest
-family, CondInst, at 250 iterations: about 8 hours of a 2-core CPU, carried across sessions by `--resume`):
+family, CondInst, at 1,000 iterations: about 32 hours of a 2-core CPU, carried across sessions by
+`--resume`; 250 iterations, 4x cheaper, proved too short: random's curve stayed flat, docs/models.md):
 
     .venv/bin/python benchmarks/bench_active_learning.py --pool runs/nuclei/train.json \
         --val runs/nuclei/val.json --config configs/nuclei_condinst.yaml \
-        --override schedule.iterations=250 --override schedule.warmup_iterations=50 \
+        --override schedule.iterations=1000 --override schedule.warmup_iterations=50 \
         --methods random,mean-uncertainty,coreset,hybrid --seeds 0,1,2 \
         --initial-fraction 0.05 --step-fraction 0.05 --rounds 6 \
-        --out benchmarks/results/al_nuclei --work runs/al_nuclei --resume
+        --out benchmarks/results/al_nuclei_1000 --work runs/al_nuclei_1000 --resume
 
 Smoke run (synthetic data, the tiny ResNet-18 recipe, a few iterations per round; minutes on 2 CPU cores;
 it checks the machinery, its numbers mean nothing):
