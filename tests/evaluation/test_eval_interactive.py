@@ -97,11 +97,13 @@ def _click_on_the_whole_image(prediction: np.ndarray, truth: np.ndarray) -> Clic
         padded = np.pad(region.astype(np.uint8), 1)
         return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
+    tie = 1e-3  # float32 rounding of a distance differs between a crop and the whole image, and by CPU
     missed, wrong = inner(truth & ~prediction), inner(prediction & ~truth)
     if missed.max() == 0 and wrong.max() == 0:
         return None
-    positive = missed.max() >= wrong.max()
-    y, x = np.unravel_index(int(np.argmax(missed if positive else wrong)), truth.shape)
+    positive = missed.max() >= wrong.max() - tie
+    region = missed if positive else wrong
+    y, x = np.unravel_index(int(np.argmax(region >= region.max() - tie)), truth.shape)
     return Click(int(x), int(y), bool(positive))
 
 

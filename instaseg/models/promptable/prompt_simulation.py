@@ -16,6 +16,11 @@ import cv2
 import numpy as np
 import torch
 
+# Exact Euclidean distances are square roots of integers, so two different ones (up to a few thousand
+# pixels) differ by far more than this, while one distance computed on a crop and on the whole image, or on
+# CPUs with other SIMD paths, may differ in its last float32 bits: values this close count as a tie.
+_TIE = 1e-3
+
 
 @dataclass(frozen=True)
 class Click:
@@ -42,8 +47,9 @@ def _deepest_pixel(region: np.ndarray) -> tuple[float, int, int]:
     crop = region[top : rows[-1] + 1, left : cols[-1] + 1]
     padded = np.pad(crop.astype(np.uint8), 1)
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return float(distance[y, x]), int(top + y), int(left + x)
+    best = float(distance.max())
+    y, x = np.unravel_index(int(np.argmax(distance >= best - _TIE)), distance.shape)
+    return best, int(top + y), int(left + x)
 
 
 def error_region_click(prediction: np.ndarray, truth: np.ndarray) -> Click | None:
@@ -55,7 +61,7 @@ def error_region_click(prediction: np.ndarray, truth: np.ndarray) -> Click | Non
     best_wrong, wrong_y, wrong_x = _deepest_pixel(prediction & ~truth)
     if best_missed == 0 and best_wrong == 0:
         return None
-    if best_missed >= best_wrong:
+    if best_missed >= best_wrong - _TIE:
         return Click(missed_x, missed_y, True)
     return Click(wrong_x, wrong_y, False)
 
