@@ -1,8 +1,8 @@
 """Active learning measured honestly: simulated annotation rounds, every method against random, several seeds.
 
 Full protocol (issue 19; 3 seeds x (1 shared + 4 methods x 5) rounds = 63 training runs of the fastest
-family, CondInst, at 1,000 iterations: about 32 hours of a 2-core CPU, carried across sessions by
-`--resume`; 250 iterations, 4x cheaper, proved too short: random's curve stayed flat, docs/models.md):
+family, CondInst, at 1,000 iterations: about 32 hours of a 2-core CPU, carried across sessions and machines
+by `--resume`; 250 iterations, 4x cheaper, proved too short: random's curve stayed flat, docs/models.md):
 
     .venv/bin/python benchmarks/bench_active_learning.py --pool runs/nuclei/train.json \
         --val runs/nuclei/val.json --config configs/nuclei_condinst.yaml \
@@ -38,14 +38,16 @@ mean and std of AP, images and objects; AUCs mean and std over seeds), `curves.p
 band against images and against objects); the rounds' training runs go to `--work` (default OUT/runs).
 Results and the command that made them go to docs/models.md ("Active learning").
 
-Resuming (the full protocol outlasts a session): `--resume` keeps the finished (method, seed) curves of
-`rounds.jsonl`, reruns an unfinished one from its first round, and refuses a `protocol.json` that differs
-from this run's. A rerun curve is the same sequence of models: a round whose run in `--work` finished for
-the same labelled images, seed and recipe (its `result.json`) is reused, not retrained, and ranking with
-that model picks the same images again. Round 0 (the seed set every method of a seed shares) is one run
-per seed for the same reason. Without `--resume`, an existing `rounds.jsonl` is an error, never
-overwritten. Keeping `--out` in the repository (`benchmarks/results/...`) carries the finished curves from
-one machine to the next; `--work` under `runs/` carries the finished rounds while the machine lasts.
+Resuming (the full protocol outlasts a session and a machine): every round's line in `rounds.jsonl` holds
+its labelled images and the images its model selected for the next round (`selected_ids`), so `--resume`
+continues each (method, seed) curve from its last recorded round on any machine; the models themselves are
+not needed again. Rounds run seed by seed and, within a seed, round by round (every method's round k before
+any method's round k + 1), so a stopped run leaves the methods compared at the same budgets. Round 0 (the
+seed set every method of a seed shares) is one model per seed; each method ranks with it and their round-0
+lines are written together. `--resume` refuses a `protocol.json` that differs from this run's; without it,
+an existing `rounds.jsonl` is an error, never overwritten. On one machine a round whose run in `--work`
+finished for the same labelled images, seed and recipe (its `result.json`) is reused, not retrained. Keeping
+`--out` in the repository (`benchmarks/results/...`) carries the curves from one machine to the next.
 """
 
 from __future__ import annotations
@@ -136,49 +138,118 @@ def train_round(
     return ap, checkpoint
 
 
-def simulate(args: argparse.Namespace, method: Method, seed: int, pool: Dataset, log: Path) -> list[dict]:
-    """All rounds of one method and seed; appends one line per round to `log`."""
-    ids = sorted(image.id for image in pool.images)
-    objects = {image.id: len(image.annotations) for image in pool.images}
-    paths = {image.id: pool.image_path(image) for image in pool.images}
-    by_path = {path.resolve(): image_id for image_id, path in paths.items()}
-    first = max(1, round(args.initial_fraction * len(ids)))
-    step = max(1, round(args.step_fraction * len(ids)))
-    labelled = set(np.random.default_rng(seed).choice(ids, size=first, replace=False).tolist())
-    rows = []
-    for round_index in range(args.rounds):
-        folder = round_folder(args.work, method, seed, round_index)
-        ap, checkpoint = train_round(args, pool, labelled, folder, seed)
-        row = {
+def next_round(curve: list[dict], rounds: int) -> tuple[int, set[int]] | None:
+    """Where a (method, seed) curve of `rounds.jsonl` continues: the next round's index and labelled images
+    (its last row's images and the ones that row's model selected), or None when the curve is finished (all
+    `rounds` rounds, or the pool ran out)."""
+    last = curve[-1]
+    if last["round"] == rounds - 1:
+        return None
+    if "selected_ids" not in last:
+        raise SystemExit(
+            f"rounds.jsonl: {last['method']} seed {last['seed']} round {last['round']} records no "
+            "selected_ids (written by an earlier version of this benchmark): continue it in a new --out"
+        )
+    if not last["selected_ids"]:
+        return None
+    return last["round"] + 1, set(last["labelled_ids"]) | set(last["selected_ids"])
+
+
+class Simulation:
+    """The simulation's state: the pool, where rounds are logged, and every (method, seed) curve so far."""
+
+    def __init__(self, args: argparse.Namespace, pool: Dataset, log: Path, rows: list[dict]) -> None:
+        self.args = args
+        self.pool = pool
+        self.log = log
+        self.ids = sorted(image.id for image in pool.images)
+        self.objects = {image.id: len(image.annotations) for image in pool.images}
+        self.paths = {image.id: pool.image_path(image) for image in pool.images}
+        self.by_path = {path.resolve(): image_id for image_id, path in self.paths.items()}
+        self.step = max(1, round(args.step_fraction * len(self.ids)))
+        self.curves: dict[tuple[str, int], list[dict]] = {}
+        for row in sorted(rows, key=lambda row: row["round"]):
+            self.curves.setdefault((row["method"], row["seed"]), []).append(row)
+
+    def seed_set(self, seed: int) -> set[int]:
+        """Round 0's images for this seed: a seeded draw of `--initial-fraction` of the pool."""
+        first = max(1, round(self.args.initial_fraction * len(self.ids)))
+        return set(np.random.default_rng(seed).choice(self.ids, size=first, replace=False).tolist())
+
+    def run_seed(self, seed: int, methods: list[Method]) -> None:
+        """All rounds of every method for one seed, round by round (each round's methods side by side)."""
+        self.first_round(seed, methods)
+        for round_index in range(1, self.args.rounds):
+            for method in methods:
+                state = next_round(self.curves[(method.value, seed)], self.args.rounds)
+                if state is not None and state[0] == round_index:
+                    self.later_round(method, seed, round_index, state[1])
+
+    def first_round(self, seed: int, methods: list[Method]) -> None:
+        """Round 0: one model on the seed set, shared by the methods, each ranking with it; their rows are
+        written together, so every method of a seed continues from the same model."""
+        missing = [method for method in methods if (method.value, seed) not in self.curves]
+        if not missing:
+            return
+        labelled = self.seed_set(seed)
+        ap, checkpoint = train_round(
+            self.args, self.pool, labelled, round_folder(self.args.work, missing[0], seed, 0), seed
+        )
+        rows = [self.row(method, seed, 0, labelled, ap, checkpoint) for method in missing]
+        self.write(rows)
+
+    def later_round(self, method: Method, seed: int, round_index: int, labelled: set[int]) -> None:
+        folder = round_folder(self.args.work, method, seed, round_index)
+        ap, checkpoint = train_round(self.args, self.pool, labelled, folder, seed)
+        self.write([self.row(method, seed, round_index, labelled, ap, checkpoint)])
+
+    def row(
+        self, method: Method, seed: int, round_index: int, labelled: set[int], ap: float, checkpoint: Path
+    ) -> dict:
+        """A round's record, with the images its model selects for the next round (none after the last)."""
+        return {
             "method": method.value,
             "seed": seed,
             "round": round_index,
             "images": len(labelled),
-            "image_fraction": len(labelled) / len(ids),
-            "objects": sum(objects[i] for i in labelled),
+            "image_fraction": len(labelled) / len(self.ids),
+            "objects": sum(self.objects[i] for i in labelled),
             "segm_AP": ap,
             "labelled_ids": sorted(labelled),
+            "selected_ids": sorted(self.select(method, seed, round_index, labelled, checkpoint)),
         }
-        rows.append(row)
-        with log.open("a") as stream:
-            stream.write(json.dumps(row) + "\n")
-        print(
-            f"{method.value} seed {seed} round {round_index}: {len(labelled)} images, AP {ap:.4f}", flush=True
-        )
-        unlabelled = [i for i in ids if i not in labelled]
-        if round_index == args.rounds - 1 or not unlabelled:
-            break
+
+    def select(
+        self, method: Method, seed: int, round_index: int, labelled: set[int], checkpoint: Path
+    ) -> set[int]:
+        """The `--step-fraction` of the pool this round's model ranks first among the unlabelled images."""
+        unlabelled = [i for i in self.ids if i not in labelled]
+        if round_index == self.args.rounds - 1 or not unlabelled:
+            return set()
         ranking = rank_images(
-            [paths[i] for i in unlabelled],
+            [self.paths[i] for i in unlabelled],
             load_model(checkpoint),
             method,
-            min(step, len(unlabelled)),
-            RankOptions(seed=seed * 1000 + round_index, device=args.rank_device),
-            labelled=[paths[i] for i in sorted(labelled)],
+            min(self.step, len(unlabelled)),
+            RankOptions(seed=seed * 1000 + round_index, device=self.args.rank_device),
+            labelled=[self.paths[i] for i in sorted(labelled)],
             progress=False,
         )
-        labelled |= {by_path[image.path.resolve()] for image in ranking.selected}
-    return rows
+        return {self.by_path[image.path.resolve()] for image in ranking.selected}
+
+    def write(self, rows: list[dict]) -> None:
+        with self.log.open("a") as stream:
+            stream.writelines(json.dumps(row) + "\n" for row in rows)
+        for row in rows:
+            self.curves.setdefault((row["method"], row["seed"]), []).append(row)
+            print(
+                f"{row['method']} seed {row['seed']} round {row['round']}: {row['images']} images, "
+                f"AP {row['segm_AP']:.4f}",
+                flush=True,
+            )
+
+    def rows(self) -> list[dict]:
+        return [row for curve in self.curves.values() for row in curve]
 
 
 def area_under_curve(x: np.ndarray, y: np.ndarray, low: float, high: float) -> float:
@@ -288,23 +359,7 @@ def protocol_of(args: argparse.Namespace) -> dict:
     }
 
 
-def completed_curves(log: Path, rounds: int, pool_size: int) -> list[dict]:
-    """The rows of `log` that belong to finished (method, seed) curves: all `rounds` rounds, or fewer when
-    the pool ran out. Rows of an unfinished curve (a run stopped mid-way) are left out: it reruns whole, so
-    every curve's rounds come from one uninterrupted sequence of models."""
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    curves: dict[tuple[str, int], list[dict]] = {}
-    for row in rows:
-        curves.setdefault((row["method"], row["seed"]), []).append(row)
-    kept = []
-    for curve in curves.values():
-        curve.sort(key=lambda row: row["round"])
-        if len(curve) == rounds or curve[-1]["images"] == pool_size:
-            kept += curve
-    return kept
-
-
-def start_log(args: argparse.Namespace, pool_size: int) -> list[dict]:
+def start_log(args: argparse.Namespace) -> list[dict]:
     """Prepare `--out` for a run: the finished rows to continue from (`--resume`), else an empty log. Never
     overwrites an earlier run's results: without `--resume` an existing log is an error."""
     log, protocol_path = args.out / "rounds.jsonl", args.out / "protocol.json"
@@ -318,7 +373,7 @@ def start_log(args: argparse.Namespace, pool_size: int) -> list[dict]:
             raise SystemExit(
                 f"--resume: {protocol_path} records another protocol ({earlier}); this run is {protocol}"
             )
-        rows = completed_curves(log, args.rounds, pool_size)
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     with atomic_write(protocol_path, "w") as stream:
         stream.write(json.dumps(protocol, indent=1) + "\n")
     with atomic_write(log, "w") as stream:
@@ -348,7 +403,7 @@ def main() -> int:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out: its finished (method, seed) curves are kept, the rest rerun",
+        help="continue the run in --out: each (method, seed) curve from its last recorded round",
     )
     parser.add_argument(
         "--smoke",
@@ -374,14 +429,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or args.out / "runs"
     log = args.out / "rounds.jsonl"
-    rows = start_log(args, len(pool.images))
-    done = {(row["method"], row["seed"]) for row in rows}
+    simulation = Simulation(args, pool, log, start_log(args))
     for seed in seeds:
-        for method in methods:
-            if (method.value, seed) in done:
-                print(f"{method.value} seed {seed}: finished in {log}, skipped")
-                continue
-            rows += simulate(args, method, seed, pool, log)
+        simulation.run_seed(seed, methods)
+    rows = simulation.rows()
     summary = summarise(rows)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, args.out / "curves.png")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_active_learning.py"
+SMOKE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -66,25 +67,109 @@ def test_summary_compares_methods_on_the_shared_object_range(bench) -> None:  # 
 
 
 @pytest.mark.slow
-def test_two_rounds_of_core_set_on_synthetic_data(bench, tmp_path: Path) -> None:  # noqa: ANN001
+def test_two_rounds_of_two_methods_on_synthetic_data(bench, tmp_path: Path) -> None:  # noqa: ANN001
     pool_json, val_json = bench.smoke_data(tmp_path)
     pool = bench.read_coco(pool_json, strict=True)
-    args = argparse.Namespace(
+    args = _simulation_args(tmp_path, val_json, rounds=2)
+    args.override = [*bench.SMOKE_OVERRIDES, "schedule.iterations=2"]
+    simulation = bench.Simulation(args, pool, tmp_path / "rounds.jsonl", [])
+    simulation.run_seed(0, [bench.Method.RANDOM, bench.Method.CORESET])
+    rows = simulation.rows()
+    assert sorted((row["method"], row["round"], row["images"]) for row in rows) == [
+        ("coreset", 0, 3),
+        ("coreset", 1, 6),
+        ("random", 0, 3),
+        ("random", 1, 6),
+    ]
+    for row in rows:
+        assert 0.0 <= row["segm_AP"] <= 1.0
+        if row["round"] == 0:
+            assert len(row["selected_ids"]) == 3 and not set(row["selected_ids"]) & set(row["labelled_ids"])
+        else:
+            assert row["selected_ids"] == []  # the last round selects nothing
+    assert len((tmp_path / "rounds.jsonl").read_text().splitlines()) == 4
+
+
+def _simulation_args(tmp_path: Path, val_json: Path, rounds: int) -> argparse.Namespace:
+    return argparse.Namespace(
         out=tmp_path,
         work=tmp_path / "runs",
-        config=bench.SMOKE_CONFIG,
+        config=SMOKE_CONFIG,
         val=val_json,
         initial_fraction=0.25,
         step_fraction=0.25,
-        rounds=2,
+        rounds=rounds,
         rank_device="cpu",
-        override=[*bench.SMOKE_OVERRIDES, "schedule.iterations=2"],
+        override=[],
     )
-    rows = bench.simulate(args, bench.Method.CORESET, 0, pool, tmp_path / "rounds.jsonl")
-    assert [(row["round"], row["images"]) for row in rows] == [(0, 3), (1, 6)]
-    assert set(rows[0]["labelled_ids"]) < set(rows[1]["labelled_ids"])
-    assert all(0.0 <= row["segm_AP"] <= 1.0 for row in rows)
-    assert len((tmp_path / "rounds.jsonl").read_text().splitlines()) == 2
+
+
+def _fake_rounds(bench, monkeypatch: pytest.MonkeyPatch) -> list[Path]:  # noqa: ANN001
+    """Training that records its run folder and returns AP 0.1 x runs so far; ranking that takes the
+    candidates in order (so every run's selection is known)."""
+    trained: list[Path] = []
+
+    def fake_train(config, overwrite: bool, progress: bool):  # noqa: ANN001, ANN202 (the trainer's signature)
+        run = Path(config.output_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "last.pt").write_bytes(b"checkpoint")
+        trained.append(run)
+        return argparse.Namespace(last_eval={"segm_AP": 0.1 * len(trained)})
+
+    def fake_rank(paths, model, method, budget, options, labelled, progress):  # noqa: ANN001, ANN202
+        return argparse.Namespace(selected=[argparse.Namespace(path=path) for path in paths[:budget]])
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    monkeypatch.setattr(bench, "rank_images", fake_rank)
+    monkeypatch.setattr(bench, "load_model", lambda path: None)
+    return trained
+
+
+def test_rounds_run_side_by_side_and_resume_from_the_log_on_another_machine(
+    bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    pool_json, val_json = bench.smoke_data(tmp_path / "data")
+    pool = bench.read_coco(pool_json, strict=True)
+    methods = [bench.Method.RANDOM, bench.Method.CORESET]
+    trained = _fake_rounds(bench, monkeypatch)
+    log = tmp_path / "rounds.jsonl"
+    whole = bench.Simulation(_simulation_args(tmp_path, val_json, rounds=3), pool, log, [])
+    whole.run_seed(0, methods)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    # Round 0 is one model for both methods; then every method's round 1 before any round 2.
+    assert [(row["method"], row["round"]) for row in lines] == [
+        ("random", 0),
+        ("coreset", 0),
+        ("random", 1),
+        ("coreset", 1),
+        ("random", 2),
+        ("coreset", 2),
+    ]
+    assert len(trained) == 5 and lines[0]["segm_AP"] == lines[1]["segm_AP"]
+    for before, after in zip(lines[:4], lines[2:], strict=True):
+        assert after["labelled_ids"] == sorted(set(before["labelled_ids"]) | set(before["selected_ids"]))
+    # Stopped after random's round 1, continued on a machine without the first one's runs (new --work):
+    # only the missing rounds train, and they continue from the recorded selections.
+    trained.clear()
+    other = _simulation_args(tmp_path / "other", val_json, rounds=3)
+    resumed = bench.Simulation(other, pool, tmp_path / "other.jsonl", lines[:3])
+    resumed.run_seed(0, methods)
+    assert [run.relative_to(other.work).as_posix() for run in trained] == [
+        "coreset/seed0/round1/run",
+        "random/seed0/round2/run",
+        "coreset/seed0/round2/run",
+    ]
+    final = {(row["method"], row["round"]): row["labelled_ids"] for row in resumed.rows()}
+    assert final == {(row["method"], row["round"]): row["labelled_ids"] for row in lines}
+
+
+def test_a_round_without_its_selection_cannot_be_continued(bench) -> None:  # noqa: ANN001
+    row = {**_row("random", 0, 0, 1, 10, 0.1), "labelled_ids": [3]}
+    with pytest.raises(SystemExit, match="records no selected_ids"):
+        bench.next_round([row], rounds=2)
+    assert bench.next_round([{**row, "selected_ids": [5, 4]}], rounds=2) == (1, {3, 4, 5})
+    assert bench.next_round([{**row, "selected_ids": []}], rounds=2) is None  # the pool ran out
+    assert bench.next_round([{**row, "round": 1}], rounds=2) is None  # the last round
 
 
 def _protocol_args(tmp_path: Path, resume: bool) -> argparse.Namespace:
@@ -101,26 +186,26 @@ def _protocol_args(tmp_path: Path, resume: bool) -> argparse.Namespace:
     )
 
 
-def test_resume_keeps_finished_curves_and_never_overwrites_a_log(bench, tmp_path: Path) -> None:  # noqa: ANN001
-    assert bench.start_log(_protocol_args(tmp_path, resume=False), pool_size=10) == []
+def test_resume_keeps_every_round_and_never_overwrites_a_log(bench, tmp_path: Path) -> None:  # noqa: ANN001
+    assert bench.start_log(_protocol_args(tmp_path, resume=False)) == []
     rows = [
         _row("random", 0, 0, 1, 10, 0.1),
         _row("random", 0, 1, 2, 20, 0.3),
-        _row("coreset", 0, 0, 1, 10, 0.1),  # stopped after its first round
+        _row("coreset", 0, 0, 1, 10, 0.1),  # stopped after its first round: continues from it
         _row("hybrid", 1, 0, 10, 90, 0.5),  # the pool ran out after one round: finished
     ]
     log = tmp_path / "rounds.jsonl"
     log.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(SystemExit, match="pass --resume"):
-        bench.start_log(_protocol_args(tmp_path, resume=False), pool_size=10)
+        bench.start_log(_protocol_args(tmp_path, resume=False))
     assert len(log.read_text().splitlines()) == 4  # nothing lost
-    kept = bench.start_log(_protocol_args(tmp_path, resume=True), pool_size=10)
-    assert [(row["method"], row["round"]) for row in kept] == [("random", 0), ("random", 1), ("hybrid", 0)]
+    kept = bench.start_log(_protocol_args(tmp_path, resume=True))
+    assert kept == rows
     assert [json.loads(line) for line in log.read_text().splitlines()] == kept
     changed = _protocol_args(tmp_path, resume=True)
     changed.rounds = 3
     with pytest.raises(SystemExit, match="another protocol"):
-        bench.start_log(changed, pool_size=10)
+        bench.start_log(changed)
 
 
 def test_a_finished_round_is_reused_for_the_same_images_and_retrained_for_others(
