@@ -216,16 +216,7 @@ def test_a_finished_round_is_reused_for_the_same_images_and_retrained_for_others
     args = argparse.Namespace(
         config=bench.SMOKE_CONFIG, val=val_json, override=list(bench.SMOKE_OVERRIDES), work=tmp_path / "runs"
     )
-    trained: list[Path] = []
-
-    def fake_train(config, overwrite: bool, progress: bool):  # noqa: ANN001, ANN202 (the trainer's signature)
-        run = Path(config.output_dir)
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "last.pt").write_bytes(b"checkpoint")
-        trained.append(run)
-        return argparse.Namespace(last_eval={"segm_AP": 0.1 * len(trained)})
-
-    monkeypatch.setattr(bench, "train", fake_train)
+    trained = _fake_rounds(bench, monkeypatch)
     first = bench.round_folder(args.work, bench.Method.CORESET, 0, 0)
     assert first == bench.round_folder(args.work, bench.Method.RANDOM, 0, 0)  # round 0: one run per seed
     ap, checkpoint = bench.train_round(args, pool, {1, 2, 3}, first, 0)
