@@ -155,7 +155,7 @@ def _python_rle(masks: torch.Tensor) -> list[dict]:
 
 
 class _OfficialDecoder:
-    """While active, `Sam.decode` runs the decoder as the official code does: plain attention over projected
+    """While active, the decoder runs as the official code does: plain attention over projected
     image tokens, the image repeated per prompt, the upscaling through its ConvTranspose2d modules."""
 
     def __init__(self, model) -> None:
@@ -194,7 +194,13 @@ def baseline_generate(
             batch = torch.from_numpy(points[start : start + 64])
             coords = scale_coords(batch, size, model.image_size)[:, None]
             embedding = predictor.embedding.expand(len(batch), -1, -1, -1)  # repeated per prompt
-            low_res, scores = model.decode(embedding, (coords, torch.ones(len(batch), 1, dtype=torch.int64)))
+            sparse, dense = model.encode_prompts(
+                (coords, torch.ones(len(batch), 1, dtype=torch.int64)), None, None
+            )
+            # The whole batch at once, as the official code (`Sam.decode` decodes DECODE_CHUNK at a time).
+            low_res, scores = model.mask_decoder(
+                embedding, model.prompt_encoder.dense_pe(), sparse, dense, True
+            )
             logits = postprocess_masks(low_res, predictor.input_size, size, model.image_size).flatten(0, 1)
             scores = scores.flatten()
             keep = scores > iou if iou > 0 else torch.ones_like(scores, dtype=torch.bool)

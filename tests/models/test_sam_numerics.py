@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from instaseg.models.sam import mobile_sam
 from instaseg.models.sam.prompt_encoder import PromptEncoder
+from instaseg.models.sam.sam import DECODE_CHUNK
 from instaseg.models.sam.transforms import (
     postprocess_masks,
     resize_image,
@@ -111,3 +112,27 @@ def test_mask_postprocessing_takes_two_bilinear_steps() -> None:
     # ... and a single resize of the cropped low-res logits does not give it.
     direct = F.interpolate(low_res[..., :192, :], (520, 696), mode="bilinear", align_corners=False)
     assert (direct - two_steps).abs().max() > 1e-2
+
+
+def test_prompts_decoded_in_groups_match_one_batch() -> None:
+    """`Sam.decode` / `decode_state` decode `DECODE_CHUNK` prompts at a time; each prompt's result is what
+    the decoder gives for the whole batch at once (per-prompt mask inputs included)."""
+    torch.manual_seed(0)
+    model = mobile_sam()
+    count = 2 * DECODE_CHUNK + 1
+    embedding = torch.randn(1, 256, 64, 64)
+    points = (torch.rand(count, 2, 2) * 1024, torch.randint(0, 2, (count, 2)))
+    mask_input = torch.randn(count, 1, 256, 256)
+    with torch.no_grad():
+        sparse, dense = model.encode_prompts(points, None, mask_input)
+        whole_masks, whole_iou = model.mask_decoder(
+            embedding, model.prompt_encoder.dense_pe(), sparse, dense, True
+        )
+        masks, iou = model.decode(embedding, points, mask_input=mask_input)
+        state = model.decode_state(embedding, points, mask_input=mask_input)
+        drawn = model.draw_masks(state)
+    assert masks.shape == whole_masks.shape == (count, 3, 256, 256)
+    torch.testing.assert_close(masks, whole_masks, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou, whole_iou, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(drawn[:, 1:], whole_masks, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state.iou[:, 1:], whole_iou, atol=1e-5, rtol=1e-5)

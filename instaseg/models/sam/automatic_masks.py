@@ -259,7 +259,7 @@ class AutomaticMaskGenerator:
         drawn = torch.nonzero(passes.any(dim=1))[:, 0]
         if len(drawn) == 0:
             return _Candidates.empty()
-        low_res = model.mask_decoder.masks(state.select(drawn))[:, 1:]
+        low_res = model.draw_masks(state.select(drawn))[:, 1:]
         position = torch.full((len(points),), -1, dtype=torch.int64)
         position[drawn] = torch.arange(len(drawn))
         candidate_point, candidate_mask = torch.nonzero(passes, as_tuple=True)  # point-major, as officially

@@ -38,9 +38,19 @@ class DecoderState:
     keys: torch.Tensor
     size: tuple[int, int]
 
-    def select(self, prompts: torch.Tensor) -> DecoderState:
-        """The state of some prompts only (`prompts`: indices or a bool mask over B)."""
+    def select(self, prompts: torch.Tensor | slice) -> DecoderState:
+        """The state of some prompts only (`prompts`: indices, a bool mask over B or a slice)."""
         return DecoderState(self.iou[prompts], self.hyper[prompts], self.keys[prompts], self.size)
+
+    @staticmethod
+    def cat(states: list[DecoderState]) -> DecoderState:
+        """The states of consecutive groups of prompts as one."""
+        return DecoderState(
+            torch.cat([state.iou for state in states]),
+            torch.cat([state.hyper for state in states]),
+            torch.cat([state.keys for state in states]),
+            states[0].size,
+        )
 
 
 class Attention(nn.Module):
@@ -126,7 +136,7 @@ class Attention(nn.Module):
         folded = torch.einsum("bhtd,chd->bhtc", values, out_weight).reshape(
             batch, -1, self.out_proj.out_features
         )
-        return weights @ folded + self.out_proj.bias
+        return torch.baddbmm(self.out_proj.bias, weights, folded)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -283,14 +293,15 @@ class MaskDecoder(nn.Module):
         up1, norm, _, up2, _ = self.output_upscaling
         batch, tokens, _ = keys.shape
         c1, c2 = up1.out_channels, up2.out_channels
-        # (B, h*w, c1, 2, 2) -> channels last: (B, h*w, 2, 2, c1), sub-pixel (i, j) of each input pixel.
-        x = (keys @ up1.weight.reshape(up1.in_channels, -1)).view(batch, tokens, c1, 2, 2)
-        x = x.permute(0, 1, 3, 4, 2) + up1.bias
+        # Kernels reordered to (C_in, i, j, C_out): each input pixel's 2x2 output block comes out channels
+        # last and contiguous (LayerNorm over c1 and the next product read it without a copy), bias fused.
+        kernel1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, -1)
+        x = F.linear(keys, kernel1.t(), up1.bias.repeat(4)).view(batch, tokens, 2, 2, c1)
         x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        # Second kernel reordered to (c1, k, l, c2): sub-pixel (k, l), channels last, so that the product with
-        # each mask's weights over c2 is a plain matrix product (no copy of the largest tensor).
-        kernel = up2.weight.permute(0, 2, 3, 1).reshape(c1, -1)
-        y = F.gelu((x @ kernel).view(batch, tokens * 16, c2) + up2.bias)
+        # Sub-pixel (k, l) of each (i, j), channels last, so that the product with each mask's weights over
+        # c2 is a plain matrix product (no copy of the largest tensor).
+        kernel2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, -1)
+        y = F.gelu(F.linear(x, kernel2.t(), up2.bias.repeat(4)).view(batch, tokens * 16, c2))
         masks = (y @ hyper.transpose(1, 2)).view(batch, height, width, 2, 2, 2, 2, -1)
         # Output pixel (4r + 2i + k, 4s + 2j + l) for input pixel (r, s); dims (b, r, s, i, j, k, l, m).
         masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6)

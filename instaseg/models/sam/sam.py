@@ -19,6 +19,11 @@ from instaseg.models.sam.vit_encoder import IMAGE_SIZE, ViTConfig, ViTImageEncod
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0
+# Prompts the eager API decodes at a time. The decoder's per-prompt image tensors are (4096, 256) float32,
+# 4 MB a prompt: in groups of 4 they stay in cache, about 1.5x faster per prompt than a batch of 64 on a
+# 2-core VM (docs/benchmarks.md). Each prompt is decoded independently, so results do not depend on the
+# grouping. The ONNX graph decodes its whole batch at once.
+DECODE_CHUNK = 4
 
 
 def normalize_and_pad(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -92,9 +97,14 @@ class Sam(nn.Module):
         x1y1x2y2; mask_input `(B, 1, 256, 256)` logits. C = 3 with `multimask_output`, else 1.
         """
         sparse, dense = self.encode_prompts(points, boxes, mask_input)
-        return self.mask_decoder(
-            image_embedding, self.prompt_encoder.dense_pe(), sparse, dense, multimask_output
-        )
+        pe = self.prompt_encoder.dense_pe()
+        parts = [
+            self.mask_decoder(
+                _rows(image_embedding, rows), pe, sparse[rows], _rows(dense, rows), multimask_output
+            )
+            for rows in _chunks(len(sparse))
+        ]
+        return torch.cat([masks for masks, _ in parts]), torch.cat([iou for _, iou in parts])
 
     def decode_state(
         self,
@@ -104,9 +114,31 @@ class Sam(nn.Module):
         mask_input: torch.Tensor | None = None,
     ) -> DecoderState:
         """`decode`'s transformer part for all four outputs (arguments as `decode`): predicted IoU first, the
-        masks later through `mask_decoder.masks(state)`, for the prompts worth drawing."""
+        masks later through `draw_masks(state)`, for the prompts worth drawing."""
         sparse, dense = self.encode_prompts(points, boxes, mask_input)
-        return self.mask_decoder.decode_tokens(image_embedding, self.prompt_encoder.dense_pe(), sparse, dense)
+        pe = self.prompt_encoder.dense_pe()
+        return DecoderState.cat(
+            [
+                self.mask_decoder.decode_tokens(
+                    _rows(image_embedding, rows), pe, sparse[rows], _rows(dense, rows)
+                )
+                for rows in _chunks(len(sparse))
+            ]
+        )
+
+    def draw_masks(self, state: DecoderState) -> torch.Tensor:
+        """Low-res logits `(B, 4, 256, 256)` of all four outputs of a `decode_state` result."""
+        return torch.cat([self.mask_decoder.masks(state.select(rows)) for rows in _chunks(len(state.iou))])
+
+
+def _chunks(count: int) -> list[slice]:
+    """`DECODE_CHUNK` prompts at a time (at least one slice, so an empty batch keeps its shapes)."""
+    return [slice(start, start + DECODE_CHUNK) for start in range(0, max(count, 1), DECODE_CHUNK)]
+
+
+def _rows(tensor: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The prompts' rows of a per-prompt tensor; a batch of one (shared by all prompts) as it is."""
+    return tensor if tensor.shape[0] == 1 else tensor[rows]
 
 
 def sam_vit(config: ViTConfig, arch: str = "vit_custom") -> Sam:
