@@ -143,7 +143,8 @@ class LoopSection:
       gradients of `batch_size / processes / images_per_forward` passes are accumulated before each step.
     - `seed`: every random choice of the run derives from it (data order, augmentation, the model's sampling).
     - `workers`: data-loading processes per training process (0: load in the training process).
-    - `device`: "auto" (CUDA if available), "cpu" or "cuda". `bf16`: bfloat16 autocast for the forward pass.
+    - `device`: "auto" (CUDA if available), "cpu" or "cuda". `bf16`: bfloat16 autocast for the forward pass,
+      where it is native (CUDA, CPUs with AVX-512 or newer); elsewhere the run trains in float32 and says so.
     - `ema_decay`: keep an exponential moving average of the weights with this decay (null: off); when on,
       evaluation and `best.pt` use the averaged weights.
     - `eval_period`, `checkpoint_period`, `log_period`: in iterations (0: only at the end of the run).

@@ -151,6 +151,14 @@ class Trainer:
         self.config = config
         self.context = context
         loop = config.train
+        # The precision the run really uses (recorded in its model files): bf16 only where it is native.
+        self.bf16 = loop.bf16 and bf16_is_native(context.device)
+        if loop.bf16 and not self.bf16 and context.is_main:
+            print(
+                "train.bf16 is on, but oneDNN reports no bfloat16 support on this CPU (AVX2 only): there "
+                "bf16 is emulated, 20x slower than float32 for a matrix product; this run trains in float32",
+                file=sys.stderr,
+            )
         self.files = prepare_run_dir(config.output_dir, resume, overwrite) if context.is_main else None
         train_set = read_dataset(config.data.train, "train", report=context.is_main)
         # Things first, then stuff (categories with `isthing: 0`): model classes 1..T are the detector's,
@@ -269,7 +277,7 @@ class Trainer:
         return iter(loader)
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16)
+        return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _step(self, batches: Iterator) -> tuple[torch.Tensor, float]:
         """One optimiser step; returns the process-averaged losses (`self.loss_keys` order) and grad norm."""
@@ -375,6 +383,7 @@ class Trainer:
                 "val": self.config.data.val.path if self.config.data.val else None,
             },
             "recipe": self.config.to_dict(),
+            "precision": "bf16 autocast" if self.bf16 else "float32",
             "iteration": self.iteration,
             "metrics": metrics,
         }
@@ -408,6 +417,13 @@ class Trainer:
         return Evaluator(
             val_set, self.categories, ground_truth_path, self.config.train.eval_max_detections, self.context
         )
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether bfloat16 autocast pays here: any CUDA device, or a CPU that oneDNN reports bfloat16 support for
+    (AVX-512 and newer). On an AVX2-only CPU it is emulated: a 512x512 matrix product took 186 ms against
+    9 ms in float32 (one thread, 2026-12-03)."""
+    return device.type == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def build_for(

@@ -10,6 +10,7 @@ import torch
 
 from instaseg.data.records import DatasetError
 from instaseg.data.synthetic import make_synthetic_dataset
+from instaseg.engine import trainer as trainer_module
 from instaseg.engine.checkpoint import load_checkpoint
 from instaseg.engine.config import ConfigError, config_from_dict, load_config
 from instaseg.engine.metrics_log import read_metrics
@@ -247,10 +248,26 @@ def test_empty_training_set_is_refused(tmp_path):
         train(config_from_dict(config), progress=False)
 
 
-def test_bf16_autocast_trains(full_run, tmp_path):
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_trains_where_native_and_falls_back_to_float32_elsewhere(
+    full_run, tmp_path, monkeypatch, capsys, native
+):
     root, data = full_run
     data = {**data, "output_dir": str(tmp_path / "bf16"), "data": {**data["data"], "val": None}}
     data["train"] = {**data["train"], "bf16": True}
+    monkeypatch.setattr(trainer_module, "bf16_is_native", lambda device: native)
+    autocasts = []
+    real_autocast = torch.autocast
+
+    def recording_autocast(device_type, dtype, enabled):
+        autocasts.append(enabled)
+        return real_autocast(device_type, dtype=dtype, enabled=enabled)
+
+    monkeypatch.setattr(trainer_module.torch, "autocast", recording_autocast)
     train(config_from_dict(data), stop_at=1, progress=False)
     (record,) = read_metrics(tmp_path / "bf16" / "metrics.jsonl")
     assert all(record[key] is not None and record[key] >= 0 for key in LOSS_KEYS)
+    assert autocasts and set(autocasts) == {native}
+    provenance = load_checkpoint(tmp_path / "bf16" / "last.pt")["provenance"]
+    assert provenance["precision"] == ("bf16 autocast" if native else "float32")
+    assert ("no bfloat16 support" in capsys.readouterr().err) is not native
