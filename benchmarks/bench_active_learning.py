@@ -32,10 +32,13 @@ range by the trapezoid rule: over the fraction of pool images [first round, last
 object count range that every run covers (each run's curve interpolated onto it), so runs are compared on
 the same interval.
 
-Outputs in --out: `rounds.jsonl` (one line per method, seed and round: images, objects, AP, the chosen
-image ids), `protocol.json` (data, config, overrides, fractions, rounds), `summary.json` (per method and round
-mean and std of AP, images and objects; AUCs mean and std over seeds), `curves.png` (mean AP with a +-1 std
-band against images and against objects); the rounds' training runs go to `--work` (default OUT/runs).
+Outputs in --out: `rounds.jsonl` (one line per method, seed and round: images, objects, AP, the labelled
+image ids and the ids its model selected for the next round), `protocol.json` (data, config, overrides,
+fractions, rounds), `summary.json` (per method and round mean and std of AP, images and objects; AUCs mean
+and std over seeds), `curves.png` (mean AP with a +-1 std band against images and against objects); the
+rounds' training runs go to `--work` (default OUT/runs).
+`--summary-only --out OUT` rewrites `summary.json` and `curves.png` from `rounds.jsonl` alone (the curves of
+a stopped run so far, compared over the budget range they all cover).
 Results and the command that made them go to docs/models.md ("Active learning").
 
 Resuming (the full protocol outlasts a session and a machine): every round's line in `rounds.jsonl` holds
@@ -411,7 +414,18 @@ def main() -> int:
         help="synthetic pool of 12 and val of 4, configs/synthetic_smoke.yaml at 64 px and 3 iterations, "
         "methods random,mean-uncertainty,coreset, seeds 0,1, 2 rounds of 25%%",
     )
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="write summary.json and curves.png from --out's rounds.jsonl (of a stopped run); train nothing",
+    )
     args = parser.parse_args()
+    if args.summary_only:
+        log = args.out / "rounds.jsonl"
+        if not log.is_file():
+            parser.error(f"--summary-only: {log} does not exist")
+        report(args.out, [json.loads(line) for line in log.read_text().splitlines() if line.strip()])
+        return 0
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.pool, args.val = smoke_data(args.out)
@@ -433,17 +447,23 @@ def main() -> int:
     for seed in seeds:
         simulation.run_seed(seed, methods)
     rows = simulation.rows()
+    report(args.out, rows)
+    return 0 if all(math.isfinite(r["segm_AP"]) for r in rows) else 1
+
+
+def report(out: Path, rows: list[dict]) -> None:
+    """`summary.json` and `curves.png` in `out` from these rounds, and each method's AUCs printed."""
     summary = summarise(rows)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot(summary, args.out / "curves.png")
-    for method in (m.value for m in methods):
+    with atomic_write(out / "summary.json", "w") as stream:
+        stream.write(json.dumps(summary, indent=1) + "\n")
+    plot(summary, out / "curves.png")
+    for method in sorted({row["method"] for row in rows}):
         data = summary[method]
         print(
             f"{method:18s} AUC images {data['auc_images_mean']:.4f} ± {data['auc_images_std']:.4f}   "
             f"objects {data['auc_objects_mean']:.4f} ± {data['auc_objects_std']:.4f}"
         )
-    print(f"wrote {log}, {args.out / 'summary.json'}, {args.out / 'curves.png'}")
-    return 0 if all(math.isfinite(r["segm_AP"]) for r in rows) else 1
+    print(f"wrote {out / 'summary.json'}, {out / 'curves.png'} from {len(rows)} rounds")
 
 
 if __name__ == "__main__":
