@@ -229,3 +229,17 @@ def test_a_finished_round_is_reused_for_the_same_images_and_retrained_for_others
     assert len(trained) == 3
     later = bench.round_folder(args.work, bench.Method.CORESET, 0, 1)
     assert later != bench.round_folder(args.work, bench.Method.RANDOM, 0, 1)
+
+
+def test_report_writes_the_summary_and_plot_of_the_rounds_so_far(bench, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    rows = [
+        _row("random", 0, 0, 1, 10, 0.1),
+        _row("random", 0, 1, 2, 20, 0.3),
+        _row("coreset", 0, 0, 1, 10, 0.1),
+    ]
+    bench.report(tmp_path, rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["random"]["rounds"][1]["segm_AP_mean"] == pytest.approx(0.3)
+    assert summary["coreset"]["seeds"] == 1
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "from 3 rounds" in capsys.readouterr().out
