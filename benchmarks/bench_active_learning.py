@@ -362,6 +362,11 @@ def protocol_of(args: argparse.Namespace) -> dict:
     }
 
 
+def read_rounds(log: Path) -> list[dict]:
+    """The rounds recorded in a `rounds.jsonl`, one dict a line."""
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
 def start_log(args: argparse.Namespace) -> list[dict]:
     """Prepare `--out` for a run: the finished rows to continue from (`--resume`), else an empty log. Never
     overwrites an earlier run's results: without `--resume` an existing log is an error."""
@@ -376,7 +381,7 @@ def start_log(args: argparse.Namespace) -> list[dict]:
             raise SystemExit(
                 f"--resume: {protocol_path} records another protocol ({earlier}); this run is {protocol}"
             )
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        rows = read_rounds(log)
     with atomic_write(protocol_path, "w") as stream:
         stream.write(json.dumps(protocol, indent=1) + "\n")
     with atomic_write(log, "w") as stream:
@@ -424,7 +429,7 @@ def main() -> int:
         log = args.out / "rounds.jsonl"
         if not log.is_file():
             parser.error(f"--summary-only: {log} does not exist")
-        report(args.out, [json.loads(line) for line in log.read_text().splitlines() if line.strip()])
+        report(args.out, read_rounds(log))
         return 0
     torch.set_num_threads(args.threads)
     if args.smoke:

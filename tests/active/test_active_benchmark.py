@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_active_learning.py"
-SMOKE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def test_summary_compares_methods_on_the_shared_object_range(bench) -> None:  # 
 def test_two_rounds_of_two_methods_on_synthetic_data(bench, tmp_path: Path) -> None:  # noqa: ANN001
     pool_json, val_json = bench.smoke_data(tmp_path)
     pool = bench.read_coco(pool_json, strict=True)
-    args = _simulation_args(tmp_path, val_json, rounds=2)
+    args = _simulation_args(bench, tmp_path, val_json, rounds=2)
     args.override = [*bench.SMOKE_OVERRIDES, "schedule.iterations=2"]
     simulation = bench.Simulation(args, pool, tmp_path / "rounds.jsonl", [])
     simulation.run_seed(0, [bench.Method.RANDOM, bench.Method.CORESET])
@@ -90,11 +89,11 @@ def test_two_rounds_of_two_methods_on_synthetic_data(bench, tmp_path: Path) -> N
     assert len((tmp_path / "rounds.jsonl").read_text().splitlines()) == 4
 
 
-def _simulation_args(tmp_path: Path, val_json: Path, rounds: int) -> argparse.Namespace:
+def _simulation_args(bench, tmp_path: Path, val_json: Path, rounds: int) -> argparse.Namespace:  # noqa: ANN001
     return argparse.Namespace(
         out=tmp_path,
         work=tmp_path / "runs",
-        config=SMOKE_CONFIG,
+        config=bench.SMOKE_CONFIG,
         val=val_json,
         initial_fraction=0.25,
         step_fraction=0.25,
@@ -133,7 +132,7 @@ def test_rounds_run_side_by_side_and_resume_from_the_log_on_another_machine(
     methods = [bench.Method.RANDOM, bench.Method.CORESET]
     trained = _fake_rounds(bench, monkeypatch)
     log = tmp_path / "rounds.jsonl"
-    whole = bench.Simulation(_simulation_args(tmp_path, val_json, rounds=3), pool, log, [])
+    whole = bench.Simulation(_simulation_args(bench, tmp_path, val_json, rounds=3), pool, log, [])
     whole.run_seed(0, methods)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     # Round 0 is one model for both methods; then every method's round 1 before any round 2.
@@ -151,7 +150,7 @@ def test_rounds_run_side_by_side_and_resume_from_the_log_on_another_machine(
     # Stopped after random's round 1, continued on a machine without the first one's runs (new --work):
     # only the missing rounds train, and they continue from the recorded selections.
     trained.clear()
-    other = _simulation_args(tmp_path / "other", val_json, rounds=3)
+    other = _simulation_args(bench, tmp_path / "other", val_json, rounds=3)
     resumed = bench.Simulation(other, pool, tmp_path / "other.jsonl", lines[:3])
     resumed.run_seed(0, methods)
     assert [run.relative_to(other.work).as_posix() for run in trained] == [
