@@ -16,10 +16,10 @@ Measures, with `--threads` threads (2, as ../shared/fixtures/sam/REFERENCE_TIMES
   side (32, the official default; 16 keeps a run short), with MobileSAM's seeded fixture weights
   (`mobile_sam_weights_spec.json`: informative blob masks; random weights give one image-wide mask) on the
   fixture's 512x512 astronaut image, filters off as in REFERENCE_TIMES (`--pred-iou-thresh` and
-  `--stability-thresh` set them), once each (they are long), and how many of the exact mode's masks the fast
-  mode recovers at mask IoU >= 0.8. `--amg-model` runs these rows on another promptable model instead (a
-  trained one, e.g. the bundled `nuclei_promptable`, whose point prompts return real objects' masks, which
-  the fast mode's skipping relies on) and `--amg-image` on another image.
+  `--stability-thresh` set them), the three alternating `--repeats` times, and how many of the exact mode's
+  masks the fast mode recovers at mask IoU >= 0.8. `--amg-model` runs these rows on another promptable
+  model instead (a trained one, e.g. the bundled `nuclei_promptable`, whose point prompts return real
+  objects' masks, which the fast mode's skipping relies on) and `--amg-image` on another image.
 
     .venv/bin/python benchmarks/bench_sam.py [--threads 2] [--repeats 3] [--grid 32] [--skip-vit-b] [--onnx]
     .venv/bin/python benchmarks/bench_sam.py --skip-encoders --amg-model nuclei_promptable --amg-image IMG
@@ -217,24 +217,34 @@ def baseline_generate(
     return len([uncompressed_rle_to_rle(rles[i]) for i in keep])
 
 
-def amg_rows(model, image: np.ndarray, grid: int, iou: float, stability: float) -> tuple[list, str]:
+def amg_rows(
+    model, image: np.ndarray, grid: int, iou: float, stability: float, repeats: int
+) -> tuple[list, str]:
+    """Baseline, exact and fast, one after the other `repeats` times (alternating, so that a change of load
+    on the machine hits all three), medians."""
     predictor = SamPredictor(model)
-    with torch.no_grad():
-        seconds = median_seconds(
-            lambda: baseline_generate(predictor, image, grid, iou, stability), 1, warmup=0
-        )
-    rows = [(f"automatic masks, baseline (official order), {grid}x{grid} grid", seconds)]
-    results = {}
+    runs = {"baseline (official order)": lambda: baseline_generate(predictor, image, grid, iou, stability)}
     for mode in ("exact", "fast"):
         settings = AutomaticMaskSettings(
             points_per_side=grid, pred_iou_thresh=iou, stability_score_thresh=stability, mode=mode
         )
         generator = AutomaticMaskGenerator(predictor, settings)
-        with torch.no_grad():
-            seconds = median_seconds(
-                lambda g=generator, m=mode: results.__setitem__(m, g.generate(image)), 1, 0
-            )
-        rows.append((f"automatic masks, {mode}, {grid}x{grid} grid ({len(results[mode])} masks)", seconds))
+        runs[mode] = lambda g=generator: g.generate(image)
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    cpus: dict[str, list[float]] = {name: [] for name in runs}
+    results = {}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, run in runs.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                results[name] = run()
+                walls[name].append(time.perf_counter() - wall)
+                cpus[name].append(time.process_time() - cpu)
+    rows = []
+    for name in runs:
+        found = "" if name not in ("exact", "fast") else f" ({len(results[name])} masks)"
+        label = f"automatic masks, {name}, {grid}x{grid} grid{found}"
+        rows.append((label, (statistics.median(walls[name]), statistics.median(cpus[name]))))
     pixels = image.shape[0] * image.shape[1]
     exact = decode_rle(results["exact"].masks.rles(), image.shape[:2]).reshape(len(results["exact"]), pixels)
     fast = decode_rle(results["fast"].masks.rles(), image.shape[:2]).reshape(len(results["fast"]), pixels)
@@ -280,7 +290,9 @@ def main() -> None:
     if not args.skip_amg:
         image = load_image(args.amg_image) if args.amg_image else cases["image_uint8_hwc"].numpy()
         amg_model = load_promptable(args.amg_model) if args.amg_model else model
-        amg, note = amg_rows(amg_model, image, args.grid, args.pred_iou_thresh, args.stability_thresh)
+        amg, note = amg_rows(
+            amg_model, image, args.grid, args.pred_iou_thresh, args.stability_thresh, args.repeats
+        )
         rows += amg
         notes.append(note)
     print(f"command: {' '.join(['python', *sys.argv])}")

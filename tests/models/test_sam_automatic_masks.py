@@ -149,21 +149,21 @@ def test_fast_mode_decodes_the_coarse_grid_then_only_the_gaps(fixtures_dir: Path
     cases, predictor = fixture(fixtures_dir, "mobile_sam")
     case = image_case(cases, "nuclei")
     stored = StoredEmbedding(predictor.model, case["image_embedding"].float(), case["input_size"])
-    decode_state = stored.model.decode_state
+    decode_where = stored.model.decode_where
     calls: list[int] = []
 
-    def counting(embedding, points, *args):
+    def counting(embedding, points, **kwargs):
         calls.append(len(points[0]))
-        return decode_state(embedding, points, *args)
+        return decode_where(embedding, points, **kwargs)
 
-    stored.model.decode_state = counting
+    stored.model.decode_where = counting
     try:
         settings = AutomaticMaskSettings(
             points_per_side=12, pred_iou_thresh=0.7, stability_score_thresh=0.6, mode="fast"
         )
         found = AutomaticMaskGenerator(stored, settings).generate(case["image_uint8_hwc"].numpy())
     finally:
-        del stored.model.decode_state
+        del stored.model.decode_where
     assert (
         calls[0] == 36
     )  # the coarse 6 x 6 grid first, then only the points of the 12 x 12 grid left uncovered

@@ -115,7 +115,7 @@ def test_mask_postprocessing_takes_two_bilinear_steps() -> None:
 
 
 def test_prompts_decoded_in_groups_match_one_batch() -> None:
-    """`Sam.decode` / `decode_state` decode `DECODE_CHUNK` prompts at a time; each prompt's result is what
+    """`Sam.decode` / `decode_where` decode `DECODE_CHUNK` prompts at a time; each prompt's result is what
     the decoder gives for the whole batch at once (per-prompt mask inputs included)."""
     torch.manual_seed(0)
     model = mobile_sam()
@@ -129,10 +129,20 @@ def test_prompts_decoded_in_groups_match_one_batch() -> None:
             embedding, model.prompt_encoder.dense_pe(), sparse, dense, True
         )
         masks, iou = model.decode(embedding, points, mask_input=mask_input)
-        state = model.decode_state(embedding, points, mask_input=mask_input)
-        drawn = model.draw_masks(state)
+        every_iou, every, drawn = model.decode_where(
+            embedding, points, mask_input=mask_input, draw=lambda iou: torch.ones(len(iou), dtype=torch.bool)
+        )
+        threshold = every_iou[:, 0].median()
+        some_iou, some, some_drawn = model.decode_where(
+            embedding, points, mask_input=mask_input, draw=lambda iou: iou[:, 0] > threshold
+        )
     assert masks.shape == whole_masks.shape == (count, 3, 256, 256)
     torch.testing.assert_close(masks, whole_masks, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(iou, whole_iou, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(drawn[:, 1:], whole_masks, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(state.iou[:, 1:], whole_iou, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(every_iou[:, 1:], whole_iou, atol=1e-5, rtol=1e-5)
+    assert torch.equal(every, torch.arange(count)) and torch.equal(some_iou, every_iou)
+    # Only the prompts `draw` picks are upscaled, with the masks they get in the whole batch.
+    picked = torch.nonzero(every_iou[:, 0] > threshold)[:, 0]
+    assert 0 < len(picked) < count and torch.equal(some, picked)
+    torch.testing.assert_close(some_drawn, drawn[picked], atol=1e-4, rtol=1e-4)

@@ -252,14 +252,19 @@ class AutomaticMaskGenerator:
         model = self.predictor.model
         coords = scale_coords(torch.from_numpy(points), crop_size, model.image_size)[:, None]
         labels = torch.ones(len(points), 1, dtype=torch.int64)
-        state = model.decode_state(self.predictor.embedding, (coords, labels))
-        iou = state.iou[:, 1:]  # the three multimask outputs of each point
-        passes = _passing(iou, settings.pred_iou_thresh, strict=True)
+
+        def passing(iou: torch.Tensor) -> torch.Tensor:
+            """`(b, 4)` predicted IoU -> `(b, 3)`: which multimask outputs (1..3) pass the IoU filter."""
+            return _passing(iou[:, 1:], settings.pred_iou_thresh, strict=True)
+
         # Only points with a mask above the IoU threshold are upscaled (the official code upscales all).
-        drawn = torch.nonzero(passes.any(dim=1))[:, 0]
+        iou, drawn, low_res = model.decode_where(
+            self.predictor.embedding, (coords, labels), draw=lambda group: passing(group).any(dim=1)
+        )
+        passes = passing(iou)
+        iou, low_res = iou[:, 1:], low_res[:, 1:]
         if len(drawn) == 0:
             return _Candidates.empty()
-        low_res = model.draw_masks(state.select(drawn))[:, 1:]
         position = torch.full((len(points),), -1, dtype=torch.int64)
         position[drawn] = torch.arange(len(drawn))
         candidate_point, candidate_mask = torch.nonzero(passes, as_tuple=True)  # point-major, as officially

@@ -28,6 +28,11 @@ MLP_DIM = 2048
 NUM_MULTIMASK_OUTPUTS = 3
 
 
+def selected_outputs(multimask_output: bool) -> slice:
+    """The outputs a caller gets of the four: 1..3 (multimask) or 0 (the single-mask answer)."""
+    return slice(1, None) if multimask_output else slice(0, 1)
+
+
 @dataclass
 class DecoderState:
     """`decode_tokens` output for B prompts: `iou (B, 4)`, `hyper (B, 4, 32)` mask weights, the updated image
@@ -41,16 +46,6 @@ class DecoderState:
     def select(self, prompts: torch.Tensor | slice) -> DecoderState:
         """The state of some prompts only (`prompts`: indices, a bool mask over B or a slice)."""
         return DecoderState(self.iou[prompts], self.hyper[prompts], self.keys[prompts], self.size)
-
-    @staticmethod
-    def cat(states: list[DecoderState]) -> DecoderState:
-        """The states of consecutive groups of prompts as one."""
-        return DecoderState(
-            torch.cat([state.iou for state in states]),
-            torch.cat([state.hyper for state in states]),
-            torch.cat([state.keys for state in states]),
-            states[0].size,
-        )
 
 
 class Attention(nn.Module):
@@ -125,18 +120,32 @@ class Attention(nn.Module):
         values = self._heads(self.v_proj(v))
         if q.shape[0] == 1 and batch > 1:
             queries = self._heads(self.q_proj(q))  # (1, heads, N, d), once for all prompts
-            scores = (queries @ keys.transpose(2, 3)).permute(0, 2, 1, 3)  # (B, N, heads, T)
+            scores = queries @ (keys * scale).transpose(2, 3)  # (B, heads, N, T)
+            weights = _softmax_over_few(scores).transpose(1, 2)  # (B, N, heads, T)
         else:
             query_weight, query_bias = self._head_weights(self.q_proj)
-            mapped = torch.einsum("bhtd,hdc->bhtc", keys, query_weight).reshape(batch, -1, q.shape[-1])
-            offsets = torch.einsum("bhtd,hd->bht", keys, query_bias)
-            scores = (q @ mapped.transpose(1, 2)).view(batch, -1, self.num_heads, tokens) + offsets[:, None]
-        weights = torch.softmax(scores * scale, dim=-1).reshape(batch, -1, self.num_heads * tokens)
+            mapped = torch.einsum("bhtd,hdc->bhtc", keys * scale, query_weight).reshape(
+                batch, -1, q.shape[-1]
+            )
+            offsets = torch.einsum("bhtd,hd->bht", keys * scale, query_bias).reshape(batch, 1, -1)
+            scores = torch.baddbmm(offsets, q, mapped.transpose(1, 2))  # (B, N, heads * T)
+            weights = _softmax_over_few(scores.view(batch, -1, self.num_heads, tokens))
+        weights = weights.reshape(batch, -1, self.num_heads * tokens)
         out_weight = self.out_proj.weight.view(self.out_proj.out_features, self.num_heads, -1)
         folded = torch.einsum("bhtd,chd->bhtc", values, out_weight).reshape(
             batch, -1, self.out_proj.out_features
         )
         return torch.baddbmm(self.out_proj.bias, weights, folded)
+
+
+def _softmax_over_few(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last dimension (the 7 prompt tokens), computed in place on `scores`.
+
+    Written out because `torch.softmax` over a last dimension of 7 runs ~5x slower on the CPU than these
+    three steps (measured on `(4, 4096, 8, 7)`: 6.4 ms vs 1.3 ms); same formula (max subtracted first).
+    """
+    scores = (scores - scores.amax(dim=-1, keepdim=True)).exp_()
+    return scores.div_(scores.sum(dim=-1, keepdim=True))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -238,8 +247,8 @@ class MaskDecoder(nn.Module):
         masks, iou = self.predict_all(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        selected = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, selected], iou[:, selected]
+        outputs = selected_outputs(multimask_output)
+        return masks[:, outputs], iou[:, outputs]
 
     def predict_all(
         self,
@@ -302,7 +311,8 @@ class MaskDecoder(nn.Module):
         # c2 is a plain matrix product (no copy of the largest tensor).
         kernel2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, -1)
         y = F.gelu(F.linear(x, kernel2.t(), up2.bias.repeat(4)).view(batch, tokens * 16, c2))
-        masks = (y @ hyper.transpose(1, 2)).view(batch, height, width, 2, 2, 2, 2, -1)
+        outputs = hyper.shape[1]
+        masks = (y @ hyper.transpose(1, 2)).view(batch, height, width, 2, 2, 2, 2, outputs)
         # Output pixel (4r + 2i + k, 4s + 2j + l) for input pixel (r, s); dims (b, r, s, i, j, k, l, m).
         masks = masks.permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(batch, -1, 4 * height, 4 * width)
+        return masks.reshape(batch, outputs, 4 * height, 4 * width)

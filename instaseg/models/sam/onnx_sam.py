@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from instaseg.models.sam.mask_decoder import selected_outputs
 from instaseg.models.sam.prompt_encoder import decoder_inputs
 from instaseg.models.sam.sam import MASK_THRESHOLD, PIXEL_MEAN, PIXEL_STD, normalize_and_pad
 from instaseg.models.sam.vit_encoder import IMAGE_SIZE
@@ -94,5 +95,5 @@ class OnnxSam:
                 "has_mask_input": has_mask,
             },
         )
-        selected = slice(1, None) if multimask_output else slice(0, 1)
-        return torch.from_numpy(low_res[:, selected]), torch.from_numpy(iou[:, selected])
+        outputs = selected_outputs(multimask_output)
+        return torch.from_numpy(low_res[:, outputs]), torch.from_numpy(iou[:, outputs])

@@ -7,11 +7,13 @@ prompts against it. Constructors: `sam_vit(config)` (vit_b / vit_l / vit_h / any
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from instaseg.models.sam.mask_decoder import DecoderState, MaskDecoder
+from instaseg.models.sam.mask_decoder import MaskDecoder, selected_outputs
 from instaseg.models.sam.prompt_encoder import PromptEncoder
 from instaseg.models.sam.tiny_vit import TinyViTImageEncoder
 from instaseg.models.sam.vit_encoder import IMAGE_SIZE, ViTConfig, ViTImageEncoder
@@ -96,39 +98,45 @@ class Sam(nn.Module):
         image_embedding `(1, 256, 64, 64)`; points `((B, N, 2) x, y, (B, N) labels 0/1)`; boxes `(B, 4)`
         x1y1x2y2; mask_input `(B, 1, 256, 256)` logits. C = 3 with `multimask_output`, else 1.
         """
-        sparse, dense = self.encode_prompts(points, boxes, mask_input)
-        pe = self.prompt_encoder.dense_pe()
-        parts = [
-            self.mask_decoder(
-                _rows(image_embedding, rows), pe, sparse[rows], _rows(dense, rows), multimask_output
-            )
-            for rows in _chunks(len(sparse))
-        ]
-        return torch.cat([masks for masks, _ in parts]), torch.cat([iou for _, iou in parts])
+        iou, _, masks = self.decode_where(image_embedding, points, boxes, mask_input, draw=_every_prompt)
+        outputs = selected_outputs(multimask_output)
+        return masks[:, outputs], iou[:, outputs]
 
-    def decode_state(
+    def decode_where(
         self,
         image_embedding: torch.Tensor,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
-    ) -> DecoderState:
-        """`decode`'s transformer part for all four outputs (arguments as `decode`): predicted IoU first, the
-        masks later through `draw_masks(state)`, for the prompts worth drawing."""
+        *,
+        draw: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`decode` for all four outputs, upscaling only the prompts worth drawing (arguments as `decode`).
+
+        `draw(iou (b, 4)) -> (b,) bool` picks, group by group, the prompts whose masks are drawn; the others
+        skip the upscaling (about a third of the decoder's time). Each group's updated image tensors are
+        dropped once its masks are drawn, so memory stays that of `DECODE_CHUNK` prompts. Returns predicted
+        IoU `(B, 4)` of all prompts, the drawn prompts' indices `(K,)` and their logits `(K, 4, 256, 256)`.
+        """
         sparse, dense = self.encode_prompts(points, boxes, mask_input)
         pe = self.prompt_encoder.dense_pe()
-        return DecoderState.cat(
-            [
-                self.mask_decoder.decode_tokens(
-                    _rows(image_embedding, rows), pe, sparse[rows], _rows(dense, rows)
-                )
-                for rows in _chunks(len(sparse))
-            ]
-        )
+        ious, drawn, masks = [], [], []
+        for rows in _chunks(len(sparse)):
+            state = self.mask_decoder.decode_tokens(
+                _rows(image_embedding, rows), pe, sparse[rows], _rows(dense, rows)
+            )
+            picked = torch.nonzero(draw(state.iou))[:, 0]
+            ious.append(state.iou)
+            drawn.append(picked + rows.start)
+            masks.append(
+                self.mask_decoder.masks(state if len(picked) == len(state.iou) else state.select(picked))
+            )
+        return torch.cat(ious), torch.cat(drawn), torch.cat(masks)
 
-    def draw_masks(self, state: DecoderState) -> torch.Tensor:
-        """Low-res logits `(B, 4, 256, 256)` of all four outputs of a `decode_state` result."""
-        return torch.cat([self.mask_decoder.masks(state.select(rows)) for rows in _chunks(len(state.iou))])
+
+def _every_prompt(iou: torch.Tensor) -> torch.Tensor:
+    """`decode_where`'s `draw` of `decode`: all prompts."""
+    return torch.ones(len(iou), dtype=torch.bool, device=iou.device)
 
 
 def _chunks(count: int) -> list[slice]:
