@@ -124,10 +124,9 @@ class Attention(nn.Module):
             weights = _softmax_over_few(scores).transpose(1, 2)  # (B, N, heads, T)
         else:
             query_weight, query_bias = self._head_weights(self.q_proj)
-            mapped = torch.einsum("bhtd,hdc->bhtc", keys * scale, query_weight).reshape(
-                batch, -1, q.shape[-1]
-            )
-            offsets = torch.einsum("bhtd,hd->bht", keys * scale, query_bias).reshape(batch, 1, -1)
+            scaled = keys * scale
+            mapped = torch.einsum("bhtd,hdc->bhtc", scaled, query_weight).reshape(batch, -1, q.shape[-1])
+            offsets = torch.einsum("bhtd,hd->bht", scaled, query_bias).reshape(batch, 1, -1)
             scores = torch.baddbmm(offsets, q, mapped.transpose(1, 2))  # (B, N, heads * T)
             weights = _softmax_over_few(scores.view(batch, -1, self.num_heads, tokens))
         weights = weights.reshape(batch, -1, self.num_heads * tokens)
