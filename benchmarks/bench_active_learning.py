@@ -11,6 +11,9 @@ by `--resume`; 250 iterations, 4x cheaper, proved too short: random's curve stay
         --initial-fraction 0.05 --step-fraction 0.05 --rounds 6 \
         --out benchmarks/results/al_nuclei_1000 --work runs/al_nuclei_1000 --resume
 
+On a 2-core CPU run one process per seed instead (`--seeds 0 --threads 1`, `--seeds 1 --threads 1`, the
+rest as above): two 1-thread trainings side by side each ran about as fast as one 2-thread training alone.
+
 Smoke run (synthetic data, the tiny ResNet-18 recipe, a few iterations per round; minutes on 2 CPU cores;
 it checks the machinery, its numbers mean nothing):
 
@@ -241,8 +244,10 @@ class Simulation:
         return {self.by_path[image.path.resolve()] for image in ranking.selected}
 
     def write(self, rows: list[dict]) -> None:
+        # One appending write per call: processes running other seeds (`--seeds 1` next to `--seeds 0`)
+        # append to the same log without interleaving lines.
         with self.log.open("a") as stream:
-            stream.writelines(json.dumps(row) + "\n" for row in rows)
+            stream.write("".join(json.dumps(row) + "\n" for row in rows))
         for row in rows:
             self.curves.setdefault((row["method"], row["seed"]), []).append(row)
             print(
