@@ -12,7 +12,7 @@ by `--resume`; 250 iterations, 4x cheaper, proved too short: random's curve stay
         --out benchmarks/results/al_nuclei_1000 --work runs/al_nuclei_1000 --resume
 
 On a 2-core CPU run one process per seed instead (`--seeds 0 --threads 1`, `--seeds 1 --threads 1`, the
-rest as above): two 1-thread trainings side by side each ran about as fast as one 2-thread training alone.
+rest as above): two 1-thread trainings side by side do about 1.25x the work of one 2-thread training.
 
 Smoke run (synthetic data, the tiny ResNet-18 recipe, a few iterations per round; minutes on 2 CPU cores;
 it checks the machinery, its numbers mean nothing):
