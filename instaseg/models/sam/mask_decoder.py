@@ -138,13 +138,15 @@ class Attention(nn.Module):
 
 
 def _softmax_over_few(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last dimension (the 7 prompt tokens), computed in place on `scores`.
+    """Softmax over a short last dimension (the 7 prompt tokens).
 
     Written out because `torch.softmax` over a last dimension of 7 runs ~5x slower on the CPU than these
     three steps (measured on `(4, 4096, 8, 7)`: 6.4 ms vs 1.3 ms); same formula (max subtracted first).
+    The exponential is taken in place on the shifted copy; the division is not, because training (the
+    promptable model) backpropagates through the exponential's output.
     """
-    scores = (scores - scores.amax(dim=-1, keepdim=True)).exp_()
-    return scores.div_(scores.sum(dim=-1, keepdim=True))
+    exponentials = (scores - scores.amax(dim=-1, keepdim=True)).exp_()
+    return exponentials / exponentials.sum(dim=-1, keepdim=True)
 
 
 class TwoWayAttentionBlock(nn.Module):
