@@ -56,9 +56,10 @@ from instaseg.models.sam.automatic_masks import (
     build_point_grid,
 )
 from instaseg.models.sam.onnx_sam import OnnxSam
-from instaseg.models.sam.predictor import SamPredictor, mask_boxes, stability_score
+from instaseg.models.sam.predictor import SamPredictor, stability_score
 from instaseg.models.sam.transforms import postprocess_masks, scale_coords
 from instaseg.ops import nms
+from instaseg.structures.boxes import mask_boxes
 from instaseg.structures.masks import decode_rle, uncompressed_rle_to_rle
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,6 +42,7 @@ from instaseg.models.onnx_metadata import (
     require_onnx,
     write_metadata,
 )
+from instaseg.models.promptable import PromptableSam
 from instaseg.models.sam.automatic_masks import SamEverythingModel
 from instaseg.models.transform import ImageBatch
 
@@ -200,6 +201,11 @@ def export_model(source: str | Path | None, path: str | Path, **options: Any) ->
         raise ExportError(
             f"cannot export {source}: its weights do not match its config: {' '.join(str(error).split())}"
         ) from None
+    if isinstance(model, SamEverythingModel) and isinstance(model.sam, PromptableSam):
+        raise ExportError(
+            f"cannot export {source}: instaseg's promptable model has no ONNX graphs (its click and box maps "
+            "and its refiner are not in SAM's two graphs); run it in PyTorch"
+        )
     if isinstance(model, SamEverythingModel):
         return export_sam(model.sam, path, opset=options.get("opset", DEFAULT_OPSET))
     digest = file_sha256(Path(source)) if Path(source).is_file() else None

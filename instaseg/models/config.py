@@ -194,6 +194,10 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
         return tuple(number(item, type(default[0])) for item in value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key} must be a string, got {value!r}")

@@ -21,6 +21,7 @@ import torch
 from instaseg.models.default_model import DEFAULT_PROMPTABLE_MODEL
 from instaseg.models.loading import PromptableModel, load_promptable
 from instaseg.models.model_file import WeightsError
+from instaseg.models.promptable.refiner import DetailFeatures
 from instaseg.models.sam.checkpoint import SamCheckpointError
 from instaseg.models.sam.predictor import PromptError, SamPredictor
 from instaseg.serving.errors import BadInput, NotFound
@@ -33,15 +34,18 @@ __all__ = ["CachedEmbedding", "Embedded", "EmbeddingCache", "PromptService", "Pr
 
 @dataclass(frozen=True)
 class CachedEmbedding:
-    """One image's `(1, 256, h, w)` float32 embedding, its original `(H, W)` and resized input `(h, w)`."""
+    """One image's `(1, 256, h, w)` float32 embedding, its original `(H, W)` and resized input `(h, w)`, and
+    the model's `detail` features for its second stage (`SamPredictor.detail`; None for SAM)."""
 
     embedding: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    detail: DetailFeatures | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.embedding.element_size() * self.embedding.nelement()
+        detail = self.detail.nbytes if self.detail is not None else 0
+        return self.embedding.element_size() * self.embedding.nelement() + detail
 
 
 class EmbeddingCache:
@@ -145,6 +149,7 @@ class PromptService:
                 self._predictor.embedding.detach().clone(),
                 self._predictor.original_size,
                 self._predictor.input_size,
+                self._predictor.detail,
             )
             seconds = time.perf_counter() - began
         self.metrics.observe_prompt_stage("encode", seconds)
@@ -167,7 +172,9 @@ class PromptService:
         scores are predicted IoUs, with `stability_score` and `prompt_index` fields. Bad prompts: 400."""
         with self._lock:
             began = time.perf_counter()
-            self._predictor.set_embedding(entry.embedding, entry.original_size, entry.input_size)
+            self._predictor.set_embedding(
+                entry.embedding, entry.original_size, entry.input_size, entry.detail
+            )
             try:
                 found = self._predictor.predict(
                     points=prompts.points,

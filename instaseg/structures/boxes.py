@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["box_area", "box_iou", "clip_boxes", "remove_small_boxes", "xywh_to_xyxy", "xyxy_to_xywh"]
+__all__ = [
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "mask_boxes",
+    "remove_small_boxes",
+    "xywh_to_xyxy",
+    "xyxy_to_xywh",
+]
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -77,3 +85,20 @@ def _check_boxes(boxes: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, 4), got {type(boxes).__name__}")
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{name} must have shape (N, 4), got {tuple(boxes.shape)}")
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """`(N, H, W)` bool -> `(N, 4)` float32 tight boxes x1y1x2y2, x2/y2 exclusive; zeros for empty masks."""
+    count, height, width = masks.shape
+    if count == 0:
+        return torch.zeros(0, 4)
+    rows = masks.any(dim=2)
+    cols = masks.any(dim=1)
+    row_index = torch.arange(height, device=masks.device)
+    col_index = torch.arange(width, device=masks.device)
+    y1 = torch.where(rows, row_index, height).amin(dim=1)
+    y2 = torch.where(rows, row_index, -1).amax(dim=1) + 1
+    x1 = torch.where(cols, col_index, width).amin(dim=1)
+    x2 = torch.where(cols, col_index, -1).amax(dim=1) + 1
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    return torch.where(rows.any(dim=1)[:, None], boxes, torch.zeros_like(boxes))

@@ -51,8 +51,30 @@ def load_promptable_weights(model: PromptableSam, weights: str | Path | dict) ->
 
 def load_promptable_encoder_weights(model: PromptableSam, source: str | Path) -> None:
     """Start the encoder's body and FPN from a Mask R-CNN model file with an EfficientNet-Lite0 FPN of the
-    same width (e.g. the bundled `nuclei_efficientnet_lite0.pt`); the neck and the decoder stay random."""
-    path = Path(source)
+    same width (e.g. the bundled `nuclei_efficientnet_lite0.pt`), and the refiner (when the config has one)
+    from its mask head; the neck and the decoder stay random."""
+    tensors = _detector_tensors(model, Path(source))
+    load_weights(model.image_encoder.backbone, _prefixed(tensors, "backbone."), f"{source} (backbone)")
+    if model.refiner is not None:
+        load_promptable_refiner_weights(model, source, tensors)
+
+
+def load_promptable_refiner_weights(
+    model: PromptableSam, source: str | Path, tensors: dict[str, Any] | None = None
+) -> None:
+    """The refiner's mask head from the Mask R-CNN model file `source` whose FPN the encoder holds
+    (`tensors`: its weights, when already read); its click maps are left as they are."""
+    if model.refiner is None:
+        raise ConfigError("the model has no refiner to load: its config sets refine_masks false")
+    tensors = _detector_tensors(model, Path(source)) if tensors is None else tensors
+    refiner = model.refiner
+    for name, part in (("mask_head", refiner.mask_head), ("mask_predictor", refiner.mask_predictor)):
+        load_weights(part, _prefixed(tensors, f"roi_heads.{name}."), f"{source} ({name}, for the refiner)")
+
+
+def _detector_tensors(model: PromptableSam, path: Path) -> dict[str, Any]:
+    """The weights of a Mask R-CNN model file whose backbone fits the model's encoder; `WeightsError`
+    otherwise."""
     model_file = ModelFile.from_dict(read_weights(path), str(path))
     backbone = model_file.config.get("backbone")
     channels = model_file.config.get("fpn_channels")
@@ -66,13 +88,12 @@ def load_promptable_encoder_weights(model: PromptableSam, source: str | Path) ->
             f"{path}: its FPN has {channels} channels, the model's encoder_channels is "
             f"{model.config.encoder_channels}"
         )
-    prefix = "backbone."
-    state = {
-        key[len(prefix) :]: value
-        for key, value in tensors_only(model_file.state_dict, str(path)).items()
-        if key.startswith(prefix)
-    }
-    load_weights(model.image_encoder.backbone, state, f"{path} (backbone)")
+    return tensors_only(model_file.state_dict, str(path))
+
+
+def _prefixed(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of `state` under `prefix`, with the prefix removed."""
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def promptable_model_file(model: PromptableSam, provenance: dict[str, Any]) -> ModelFile:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from instaseg.models.config import ConfigError, ModelSettings
 
 ENCODERS = ("efficientnet_lite0_fpn",)
+TRAINED_STAGES = ("decoder", "refiner")
 # The FPN level that becomes the image embedding: P3, stride 8 (a 256 input gives a 32x32 grid).
 EMBEDDING_STRIDE = 8
 # The bundled detector's pixel normalisation (TF's efficientnet-lite preprocessing), on a 0..1 scale.
@@ -34,6 +35,13 @@ class PromptableConfig(ModelSettings):
     previous low-res logits as mask input. Losses: `focal_weight` x focal + `dice_weight` x Dice on the
     low-res masks (a single click takes the best of the three multimask outputs), `iou_weight` x MSE of the
     predicted IoU. Objects smaller than `min_object_pixels` low-res pixels are not prompted.
+
+    Refinement (`refine_masks`, `refiner.RoIMaskRefiner`): every mask is predicted again inside its box (the
+    prompt's box, or the coarse mask's box enlarged `refine_box_expansion` times) by a Mask R-CNN mask head
+    (`mask_head_channels` wide) on the encoder's FPN run with the detector's resize (short side
+    `refine_min_size`, long side at most `refine_max_size`). `trained_stage`: what training updates, the
+    `decoder` (prompt side and neck; the refiner stays as loaded) or the `refiner` (its mask head and click
+    maps, on the frozen decoder's masks; the same rounds, losses on its 28 x 28 grid, `loss_iou` 0).
     """
 
     num_classes: int = 2
@@ -53,6 +61,12 @@ class PromptableConfig(ModelSettings):
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    refine_masks: bool = False
+    trained_stage: str = "decoder"
+    refine_min_size: int = 576
+    refine_max_size: int = 1000
+    refine_box_expansion: float = 1.15
+    mask_head_channels: int = 128
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,7 +81,14 @@ class PromptableConfig(ModelSettings):
             raise ConfigError(f"image_size: {self.image_size} must be >= 64 and a multiple of 32")
         if not 0 <= self.encoder_trainable_layers <= 5:
             raise ConfigError(f"encoder_trainable_layers: {self.encoder_trainable_layers} must be in 0..5")
-        for name in ("encoder_channels", "prompts_per_image", "min_object_pixels"):
+        for name in (
+            "encoder_channels",
+            "prompts_per_image",
+            "min_object_pixels",
+            "refine_min_size",
+            "refine_max_size",
+            "mask_head_channels",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be a positive integer")
         if self.corrective_clicks < 0:
@@ -84,6 +105,14 @@ class PromptableConfig(ModelSettings):
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be >= 0")
+        if self.trained_stage not in TRAINED_STAGES:
+            raise ConfigError(
+                f"trained_stage: {self.trained_stage!r} is not one of {', '.join(TRAINED_STAGES)}"
+            )
+        if self.trained_stage == "refiner" and not self.refine_masks:
+            raise ConfigError("trained_stage: refiner needs refine_masks: true")
+        if self.refine_box_expansion < 1.0:
+            raise ConfigError(f"refine_box_expansion: {self.refine_box_expansion} must be >= 1")
         for name in ("image_mean", "image_std"):
             if len(getattr(self, name)) != 3:
                 raise ConfigError(f"{name}: need 3 values (R, G, B), got {getattr(self, name)}")

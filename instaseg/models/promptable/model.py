@@ -24,14 +24,17 @@ from torch.nn import functional as F
 from instaseg.models.backbone import BackboneWithFPN
 from instaseg.models.efficientnet_lite import EfficientNetLite
 from instaseg.models.fpn import FeaturePyramidNetwork
+from instaseg.models.mask_head import project_masks_on_boxes
 from instaseg.models.norm import norm_layer
 from instaseg.models.promptable.config import PromptableConfig
 from instaseg.models.promptable.prompt_maps import PromptMapEncoder
 from instaseg.models.promptable.prompt_simulation import error_region_click, jittered_boxes, random_points
+from instaseg.models.promptable.refiner import DetailFeatures, RoIMaskRefiner
 from instaseg.models.sam import Sam
 from instaseg.models.sam.common import LayerNorm2d
 from instaseg.models.sam.prompt_encoder import EMBED_DIM, PromptEncoder
-from instaseg.models.sam.transforms import resized_shape
+from instaseg.models.sam.transforms import postprocess_masks, resized_shape
+from instaseg.ops import paste_masks_in_image
 from instaseg.structures.instances import Instances
 
 LOSS_KEYS = ("loss_mask_focal", "loss_mask_dice", "loss_iou")
@@ -41,6 +44,8 @@ FOCAL_GAMMA = 2.0
 # Index of the single-mask output among the decoder's four (1..3 are the multimask outputs).
 SINGLE_OUTPUT = slice(0, 1)
 MULTI_OUTPUTS = slice(1, 4)
+# Refined probabilities are clamped to [eps, 1 - eps] before their logits: outside its box a mask is -13.8.
+REFINED_PROBABILITY_EPS = 1e-6
 
 
 class LiteFPNEncoder(nn.Module):
@@ -100,8 +105,20 @@ class PromptableSam(Sam):
         std = torch.tensor(config.image_std).view(-1, 1, 1) * 255
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
+        self.refiner = RoIMaskRefiner(config) if config.refine_masks else None
+        self._freeze_untrained_stage()
         self.categories: list[dict] | None = None
         self.operating_point: Any = None
+
+    def _freeze_untrained_stage(self) -> None:
+        """`trained_stage` decoder: the refiner is frozen (the decoder's losses do not reach it); refiner:
+        everything but the refiner's mask head and click maps is."""
+        if self.config.trained_stage == "refiner":
+            self.requires_grad_(False)
+            for part in (self.refiner.mask_head, self.refiner.mask_predictor, self.refiner.click_maps):
+                part.requires_grad_(True)
+        elif self.refiner is not None:
+            self.refiner.requires_grad_(False)
 
     @property
     def image_size(self) -> int:
@@ -129,6 +146,37 @@ class PromptableSam(Sam):
         sparse, dense = self.prompt_encoder(points, boxes, mask_input)
         return sparse, dense + self.prompt_maps(points, boxes)
 
+    def encode_detail(self, image: Tensor) -> DetailFeatures | None:
+        """The refiner's FPN features of the `(3, H, W)` [0, 1] image (None without a refiner)."""
+        if self.refiner is None:
+            return None
+        return self.refiner.features(self.image_encoder.backbone, image.to(self.pixel_mean.device))
+
+    def refine_masks(
+        self,
+        detail: DetailFeatures | None,
+        logits: Tensor,
+        boxes: Tensor | None,
+        clicks: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """`(B, C, H, W)` coarse logits in original pixels -> the refiner's, each predicted inside the
+        prompt's box `(B, 4)` or, without one, its coarse mask's enlarged box, with the prompt's clicks
+        (`(B, N, 2)` x, y, `(B, N)` labels), all in original pixels; an empty coarse mask stays as it is.
+        Refined logits are the pasted probabilities' logits."""
+        if self.refiner is None or detail is None or logits.numel() == 0:
+            return logits
+        outputs = logits.shape[1]
+        coarse = logits.flatten(0, 1)
+        if boxes is None:
+            rois = self.refiner.mask_rois(coarse > 0)
+        else:
+            rois = boxes.to(coarse).repeat_interleave(outputs, dim=0)
+        if clicks is not None:
+            clicks = tuple(tensor.to(coarse.device).repeat_interleave(outputs, dim=0) for tensor in clicks)
+        empty = (rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])
+        refined = torch.logit(self.refiner(detail, rois, clicks), eps=REFINED_PROBABILITY_EPS)
+        return torch.where(empty[:, None, None], coarse, refined).view_as(logits)
+
     def summary(self) -> dict[str, Any]:
         """Architecture facts for listings."""
         return {"family": "promptable", "arch": ARCH, **self.config.to_dict()}
@@ -147,8 +195,9 @@ class PromptableSam(Sam):
 
     @torch.no_grad()
     def prompt_ious(self, images: list[Tensor], targets: list[Instances]) -> Tensor:
-        """Validation during training: the IoU on the low-res grid of each prompted object after each round
-        of the training simulation -> `(rounds, objects)` (round 0: the first point or box)."""
+        """Validation during training: the IoU of each prompted object after each round of the training
+        simulation -> `(rounds, objects)` (round 0: the first point or box), on the low-res grid (decoder
+        stage) or on the refiner's 28 x 28 grid over each box (refiner stage)."""
         columns = [
             torch.stack([ious for _, ious in rounds])
             for rounds in self._rounds_per_image(images, targets)
@@ -161,10 +210,15 @@ class PromptableSam(Sam):
     def _rounds_per_image(
         self, images: list[Tensor], targets: list[Instances]
     ) -> list[list[tuple[Tensor, Tensor]]]:
-        """For each image, each round's `(losses (3,), per-object IoU (K,))`."""
+        """For each image, each round's `(losses (3,), per-object IoU (K,))`: of the decoder, or of the
+        refiner with `trained_stage: refiner`."""
+        if self.config.trained_stage == "refiner":
+            return [
+                self._simulate_refined(image, target) for image, target in zip(images, targets, strict=True)
+            ]
         embeddings = self.image_encoder(torch.stack([self._prepare(image) for image in images]))
         return [
-            self._simulate(embedding[None], self._truths(target, image.shape[-2:]))
+            self._simulate(embedding[None], self._truths(target, image.shape[-2:])[0])
             for embedding, image, target in zip(embeddings, images, targets, strict=True)
         ]
 
@@ -174,11 +228,12 @@ class PromptableSam(Sam):
         resized = F.interpolate(image[None] * 255, (new_h, new_w), mode="bilinear", antialias=True)
         return self.preprocess(resized)[0]
 
-    def _truths(self, target: Instances, size: tuple[int, int]) -> Tensor:
+    def _truths(self, target: Instances, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Up to `prompts_per_image` random objects of `target` whose low-res area should reach
-        `min_object_pixels`, on the low-res grid `(K, S/2, S/2)` bool (a low-res pixel belongs to an object
-        when most of its 2x2 input pixels do). Only the chosen masks are resized: dense images have hundreds
-        of objects, and resizing them all cost more than the decoder."""
+        `min_object_pixels`: on the low-res grid `(K, S/2, S/2)` bool (a low-res pixel belongs to an object
+        when most of its 2x2 input pixels do) and in original pixels `(K, H, W)` bool. Only the chosen masks
+        are resized: dense images have hundreds of objects, and resizing them all cost more than the
+        decoder."""
         config = self.config
         new_h, new_w = resized_shape(size[0], size[1], self.image_size)
         low_res_area = target.masks.area().float() * (new_h * new_w) / (4 * size[0] * size[1])
@@ -186,12 +241,14 @@ class PromptableSam(Sam):
         chosen = large[torch.randperm(len(large))[: config.prompts_per_image]]
         device = self.pixel_mean.device
         if len(chosen) == 0:
-            return torch.zeros(0, self.image_size // 2, self.image_size // 2, dtype=torch.bool, device=device)
-        bitmaps = target.masks[chosen].bitmaps().to(device).float()
-        masks = F.interpolate(bitmaps[None], (new_h, new_w), mode="bilinear")[0]
+            low_res = torch.zeros(0, self.image_size // 2, self.image_size // 2, dtype=torch.bool)
+            return low_res.to(device), torch.zeros(0, *size, dtype=torch.bool, device=device)
+        bitmaps = target.masks[chosen].bitmaps().to(device)
+        masks = F.interpolate(bitmaps[None].float(), (new_h, new_w), mode="bilinear")[0]
         masks = F.pad(masks, (0, self.image_size - new_w, 0, self.image_size - new_h))
         truths = F.avg_pool2d(masks[None], 2)[0] > 0.5
-        return truths[truths.flatten(1).any(dim=1)]
+        kept = truths.flatten(1).any(dim=1)
+        return truths[kept], bitmaps[kept]
 
     def _decode_all(
         self,
@@ -233,6 +290,61 @@ class PromptableSam(Sam):
                 logits[:, SINGLE_OUTPUT], iou[:, SINGLE_OUTPUT], truth, config
             )
             rounds.append((losses, ious))
+        return rounds
+
+    def _simulate_refined(self, image: Tensor, target: Instances) -> list[tuple[Tensor, Tensor]]:
+        """The refiner's training rounds on one `(3, H, W)` image, as `SamPredictor` runs it: the frozen
+        decoder answers a first point or jittered box and then each corrective click (with its previous
+        low-res logits); the refiner re-predicts inside the box prompt or the enlarged box of the decoder's
+        mask (its best multimask output for a single click), with the clicks; the next click goes to the
+        centre of the largest error of the refined mask at full resolution. Each round's losses and IoU
+        are on the refiner's 28 x 28 grid over its box (the ground truth projected there)."""
+        config, refiner = self.config, self.refiner
+        low_res, full = self._truths(target, image.shape[-2:])
+        if len(full) == 0:
+            return []
+        height, width = image.shape[-2:]
+        new_h, new_w = resized_shape(height, width, self.image_size)
+        to_frame = full.new_tensor([new_w / width, new_h / height], dtype=torch.float32)
+        scale = self.image_size / low_res.shape[-1]  # low-res pixel -> input pixel
+        detail = self.encode_detail(image)
+        with torch.no_grad():
+            embedding = self.image_encoder(self._prepare(image)[None])
+        boxes = None
+        coords = torch.zeros(len(full), 0, 2, device=full.device)
+        if bool(torch.rand(()) < config.box_prompt_probability):
+            boxes = jittered_boxes(low_res, config.box_noise, config.box_noise_max / scale) * scale
+        else:
+            coords = random_points(low_res)[:, None] * scale
+        labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=full.device)
+        rows = torch.arange(len(full), device=full.device)
+        previous, rounds = None, []
+        for round_index in range(1 + config.corrective_clicks):
+            with torch.no_grad():
+                points = (coords, labels) if coords.shape[1] else None
+                logits, iou = self._decode_all(embedding, points, boxes, previous)
+                if boxes is None and round_index == 0:
+                    best = iou[:, MULTI_OUTPUTS].argmax(dim=1) + MULTI_OUTPUTS.start
+                else:
+                    best = torch.zeros_like(rows)
+                previous = logits[rows, best][:, None]
+                coarse = postprocess_masks(previous, (new_h, new_w), (height, width), self.image_size)[:, 0]
+                rois = refiner.mask_rois(coarse > 0) if boxes is None else boxes / to_frame.repeat(2)
+                missed = (rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])
+                rois = torch.where(missed[:, None], refiner.mask_rois(full), rois)
+            clicks = (coords / to_frame, labels) if coords.shape[1] else None
+            box_logits = refiner.box_logits(detail, rois, clicks)
+            truth = project_masks_on_boxes(full.float(), rois, rows, box_logits.shape[-1]) > 0.5
+            losses, ious, _ = mask_losses(
+                box_logits[:, None], box_logits.new_zeros(len(full), 1), truth, config
+            )
+            rounds.append((torch.cat([losses[:2], losses.new_zeros(1)]), ious))
+            with torch.no_grad():
+                probabilities = box_logits.detach().sigmoid()[:, None]
+                refined = paste_masks_in_image(probabilities, rois, (height, width))[:, 0] > 0.5
+                click_xy, click_labels = corrective_clicks(refined, full)
+            coords = torch.cat([coords, (click_xy * to_frame)[:, None]], dim=1)
+            labels = torch.cat([labels, click_labels[:, None]], dim=1)
         return rounds
 
 

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import torch
 
+from instaseg.structures.boxes import mask_boxes
+
 # Exact Euclidean distances are square roots of integers, so two different ones (up to a few thousand
 # pixels) differ by far more than this, while one distance computed on a crop and on the whole image, or on
 # CPUs with other SIMD paths, may differ in its last float32 bits: values this close count as a tie.
@@ -80,14 +82,7 @@ def jittered_boxes(
     """Tight boxes of `(K, H, W)` bool masks (none empty), each coordinate moved by Gaussian noise of
     std `noise` x the box side, at most `max_noise` pixels, clipped to the frame -> `(K, 4)` x1y1x2y2."""
     height, width = masks.shape[-2:]
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    row_index = torch.arange(height, device=masks.device)
-    col_index = torch.arange(width, device=masks.device)
-    y1 = torch.where(rows, row_index, height).amin(dim=1)
-    y2 = torch.where(rows, row_index, -1).amax(dim=1) + 1
-    x1 = torch.where(cols, col_index, width).amin(dim=1)
-    x2 = torch.where(cols, col_index, -1).amax(dim=1) + 1
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    boxes = mask_boxes(masks).to(masks.device)
     sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
     jitter = torch.randn(boxes.shape, generator=generator, device=masks.device) * noise * sides
     boxes = boxes + jitter.clamp(-max_noise, max_noise)

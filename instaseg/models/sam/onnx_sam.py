@@ -71,6 +71,20 @@ class OnnxSam:
         (embedding,) = self.encoder.run(None, {"image": padded.numpy()})
         return torch.from_numpy(embedding)
 
+    def encode_detail(self, image: torch.Tensor) -> None:
+        """`Sam.encode_detail`: the exported graphs have no second stage."""
+        return None
+
+    def refine_masks(
+        self,
+        detail: None,
+        logits: torch.Tensor,
+        boxes: torch.Tensor | None,
+        clicks: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """`Sam.refine_masks`: the logits unchanged."""
+        return logits
+
     def decode(
         self,
         image_embedding: torch.Tensor,

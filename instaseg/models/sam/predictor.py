@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +30,11 @@ from instaseg.io.images import ImageSource, load_image
 from instaseg.models.sam import MASK_THRESHOLD, Sam, load_sam
 from instaseg.models.sam.onnx_sam import OnnxSam
 from instaseg.models.sam.transforms import postprocess_masks, resize_image, scale_boxes, scale_coords
+from instaseg.structures.boxes import mask_boxes
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
 
-__all__ = ["PromptError", "SamPredictor", "mask_boxes", "stability_score"]
+__all__ = ["PromptError", "SamPredictor", "stability_score"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
 STABILITY_OFFSET = 1.0
@@ -53,23 +55,6 @@ def stability_score(logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> t
     inner = (logits > MASK_THRESHOLD + offset).flatten(-2).sum(dim=-1, dtype=torch.int32)
     outer = (logits > MASK_THRESHOLD - offset).flatten(-2).sum(dim=-1, dtype=torch.int32)
     return inner.float() / outer.float()
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """`(N, H, W)` bool -> `(N, 4)` float32 tight boxes x1y1x2y2, x2/y2 exclusive; zeros for empty masks."""
-    count, height, width = masks.shape
-    if count == 0:
-        return torch.zeros(0, 4)
-    rows = masks.any(dim=2)
-    cols = masks.any(dim=1)
-    row_index = torch.arange(height, device=masks.device)
-    col_index = torch.arange(width, device=masks.device)
-    y1 = torch.where(rows, row_index, height).amin(dim=1)
-    y2 = torch.where(rows, row_index, -1).amax(dim=1) + 1
-    x1 = torch.where(cols, col_index, width).amin(dim=1)
-    x2 = torch.where(cols, col_index, -1).amax(dim=1) + 1
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
-    return torch.where(rows.any(dim=1)[:, None], boxes, torch.zeros_like(boxes))
 
 
 class SamPredictor:
@@ -101,6 +86,7 @@ class SamPredictor:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self._embedding: torch.Tensor | None = None
+        self.detail: Any = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -108,22 +94,30 @@ class SamPredictor:
     def set_image(self, image: ImageSource) -> None:
         """Embed `image` (path, PIL image or array: `instaseg.io.load_image`), replacing the previous one."""
         rgb = load_image(image)
-        self._embedding = None
+        self._embedding = self.detail = None
         resized = resize_image(rgb, self.model.image_size)
         tensor = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         self._embedding = self.model.encode_image(tensor)
+        original = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float() / 255
+        self.detail = self.model.encode_detail(original)
         self.original_size = (rgb.shape[0], rgb.shape[1])
         self.input_size = (resized.shape[0], resized.shape[1])
 
     def set_embedding(
-        self, embedding: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
+        self,
+        embedding: torch.Tensor,
+        original_size: tuple[int, int],
+        input_size: tuple[int, int],
+        detail: Any = None,
     ) -> None:
         """Use a precomputed `(1, 256, h, w)` embedding (e.g. cached; `(h, w)` is the model's
-        `embedding_size`, 64 x 64 for SAM) of an image of `original_size`."""
+        `embedding_size`, 64 x 64 for SAM) of an image of `original_size`, with the `detail` features
+        `set_image` made with it (`model.encode_detail`; None for SAM)."""
         expected = (1, 256, *self.model.embedding_size)
         if tuple(embedding.shape) != expected:
             raise PromptError(f"embedding must have shape {expected}, got {tuple(embedding.shape)}")
         self._embedding = embedding.to(self.device, torch.float32)
+        self.detail = detail
         self.original_size = (int(original_size[0]), int(original_size[1]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
 
@@ -215,6 +209,10 @@ class SamPredictor:
         points = None if coords is None else (take(coords), take(labels))
         low_res, iou = self.model.decode(embedding, points, take(boxes), take(masks_in), multimask)
         logits = postprocess_masks(low_res, self.input_size, self.original_size, self.model.image_size)
+        if self.detail is not None:
+            prompt_boxes = None if boxes is None else self._to_original(take(boxes))
+            clicks = None if points is None else (self._to_original(points[0]), points[1])
+            logits = self.model.refine_masks(self.detail, logits, prompt_boxes, clicks)
         per_prompt = low_res.shape[1]
         logits = logits.flatten(0, 1)
         bitmaps = logits > MASK_THRESHOLD
@@ -229,6 +227,13 @@ class SamPredictor:
             low_res_logits=low_res.flatten(0, 1),
             prompt_index=prompt_index,
         )
+
+    def _to_original(self, xy: torch.Tensor) -> torch.Tensor:
+        """Boxes `(B, 4)` or points `(B, N, 2)` in the model's input frame -> original pixels (the
+        `scale_boxes` / `scale_coords` resize undone)."""
+        (height, width), (new_h, new_w) = self.original_size, self.input_size
+        scale = xy.new_tensor([width / new_w, height / new_h])
+        return xy * (scale.repeat(2) if xy.shape[-1] == 4 else scale)
 
     def _check_prompts(
         self,

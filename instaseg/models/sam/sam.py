@@ -8,6 +8,7 @@ prompts against it. Constructors: `sam_vit(config)` (vit_b / vit_l / vit_h / any
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +75,23 @@ class Sam(nn.Module):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Resized image `(B, 3, h, w)` in [0, 255], long side 1024 -> embedding `(B, 256, 64, 64)`."""
         return self.image_encoder(self.preprocess(image))
+
+    def encode_detail(self, image: torch.Tensor) -> Any:
+        """Features a second stage re-predicts masks from, computed once per image with the embedding
+        (`(3, H, W)` float image in [0, 1], original size); None: SAM has no second stage."""
+        return None
+
+    def refine_masks(
+        self,
+        detail: Any,
+        logits: torch.Tensor,
+        boxes: torch.Tensor | None,
+        clicks: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """`(B, C, H, W)` full-resolution mask logits -> the same, re-predicted from `detail` with the
+        prompts in original pixels (boxes `(B, 4)` x1y1x2y2, clicks `(B, N, 2)` x, y with `(B, N)` labels;
+        None where not given); SAM returns them unchanged."""
+        return logits
 
     def encode_prompts(
         self,
