@@ -55,8 +55,9 @@ from instaseg.models.sam.automatic_masks import (
     AutomaticMaskSettings,
     build_point_grid,
 )
+from instaseg.models.sam.common import stability_score
 from instaseg.models.sam.onnx_sam import OnnxSam
-from instaseg.models.sam.predictor import SamPredictor, stability_score
+from instaseg.models.sam.predictor import SamPredictor
 from instaseg.models.sam.transforms import postprocess_masks, scale_coords
 from instaseg.ops import nms
 from instaseg.structures.boxes import mask_boxes

@@ -71,9 +71,11 @@ def test_refined_masks_stay_in_their_boxes_and_empty_coarse_masks_are_kept(model
     assert detail.original_size == (48, 80) and set(detail.levels) == {"0", "1", "2", "3"}
     coarse = torch.full((2, 1, 48, 80), -5.0)
     coarse[0, 0, 10:20, 10:30] = 5.0  # the second prompt's coarse mask is empty
-    refined = model.refine_masks(detail, coarse, None, None)
-    assert refined.shape == coarse.shape
+    iou = torch.tensor([[0.9], [0.8]])
+    refined, scores = model.refine_masks(detail, coarse, iou, None, None)
+    assert refined.shape == coarse.shape and scores.shape == iou.shape
     torch.testing.assert_close(refined[1], coarse[1])
+    assert scores[1] == iou[1] and 0 <= scores[0] <= iou[0]  # rescored by the refined mask's stability
     rois = model.refiner.mask_rois(coarse[:1, 0] > 0)[0]
     x1, y1, x2, y2 = rois.floor().int().tolist()
     outside = torch.ones(48, 80, dtype=torch.bool)
@@ -81,7 +83,7 @@ def test_refined_masks_stay_in_their_boxes_and_empty_coarse_masks_are_kept(model
     floor = float(torch.logit(torch.tensor(REFINED_PROBABILITY_EPS), eps=REFINED_PROBABILITY_EPS))
     assert torch.all(refined[0, 0][outside] <= floor + 1e-3)
     # A box prompt is refined in the prompt's own box, whatever the coarse mask.
-    boxed = model.refine_masks(detail, coarse[:1], torch.tensor([[40.0, 20.0, 70.0, 40.0]]), None)
+    boxed, _ = model.refine_masks(detail, coarse[:1], iou[:1], torch.tensor([[40.0, 20.0, 70.0, 40.0]]), None)
     assert torch.all(boxed[0, 0, :, :38] <= floor + 1e-3)
 
 

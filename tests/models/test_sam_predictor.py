@@ -8,7 +8,8 @@ import torch
 
 from instaseg.models.sam import ViTConfig, mobile_sam, sam_vit
 from instaseg.models.sam.checkpoint import SamCheckpointError
-from instaseg.models.sam.predictor import PromptError, SamPredictor, stability_score
+from instaseg.models.sam.common import stability_score
+from instaseg.models.sam.predictor import PromptError, SamPredictor
 from instaseg.structures.boxes import mask_boxes
 
 TINY = ViTConfig(embed_dim=32, depth=1, num_heads=2, global_attn_indexes=())  # windowed only: cheap

@@ -31,7 +31,7 @@ from instaseg.models.promptable.prompt_maps import PromptMapEncoder
 from instaseg.models.promptable.prompt_simulation import error_region_click, jittered_boxes, random_points
 from instaseg.models.promptable.refiner import DetailFeatures, RoIMaskRefiner
 from instaseg.models.sam import Sam
-from instaseg.models.sam.common import LayerNorm2d
+from instaseg.models.sam.common import LayerNorm2d, stability_score
 from instaseg.models.sam.prompt_encoder import EMBED_DIM, PromptEncoder
 from instaseg.models.sam.transforms import postprocess_masks, resized_shape
 from instaseg.ops import paste_masks_in_image
@@ -156,15 +156,18 @@ class PromptableSam(Sam):
         self,
         detail: DetailFeatures | None,
         logits: Tensor,
+        iou: Tensor,
         boxes: Tensor | None,
         clicks: tuple[Tensor, Tensor] | None,
-    ) -> Tensor:
-        """`(B, C, H, W)` coarse logits in original pixels -> the refiner's, each predicted inside the
-        prompt's box `(B, 4)` or, without one, its coarse mask's enlarged box, with the prompt's clicks
-        (`(B, N, 2)` x, y, `(B, N)` labels), all in original pixels; an empty coarse mask stays as it is.
-        Refined logits are the pasted probabilities' logits."""
+    ) -> tuple[Tensor, Tensor]:
+        """`(B, C, H, W)` coarse logits in original pixels and their `(B, C)` predicted IoU -> the
+        refiner's logits, each mask predicted inside the prompt's box `(B, 4)` or, without one, its coarse
+        mask's enlarged box, with the prompt's clicks (`(B, N, 2)` x, y, `(B, N)` labels), all in original
+        pixels, and scores = predicted IoU x the refined mask's stability score (which picked the best of
+        a click's three answers more often than the IoU alone: docs/models.md). An empty coarse mask stays
+        as it is. Refined logits are the pasted probabilities' logits."""
         if self.refiner is None or detail is None or logits.numel() == 0:
-            return logits
+            return logits, iou
         outputs = logits.shape[1]
         coarse = logits.flatten(0, 1)
         if boxes is None:
@@ -175,7 +178,10 @@ class PromptableSam(Sam):
             clicks = tuple(tensor.to(coarse.device).repeat_interleave(outputs, dim=0) for tensor in clicks)
         empty = (rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])
         refined = torch.logit(self.refiner(detail, rois, clicks), eps=REFINED_PROBABILITY_EPS)
-        return torch.where(empty[:, None, None], coarse, refined).view_as(logits)
+        refined = torch.where(empty[:, None, None], coarse, refined)
+        stability = torch.nan_to_num(stability_score(refined), nan=0.0)
+        scores = torch.where(empty, iou.flatten(), iou.flatten() * stability)
+        return refined.view_as(logits), scores.view_as(iou)
 
     def summary(self) -> dict[str, Any]:
         """Architecture facts for listings."""

@@ -4,8 +4,10 @@ A grid of single-point prompts over the image (and over overlapping crops with `
 decoded in batches; the three masks of every point are filtered by predicted IoU and by stability (the IoU of
 the mask at logit thresholds +offset and -offset), masks touching a crop edge inside the image are dropped,
 duplicates are removed by box NMS within each crop and across crops, and small islands and holes are cleaned
-up on request. The result is an `Instances` (boxes x1y1x2y2 in original pixels, x2/y2 exclusive; RLE masks;
-`scores` = predicted IoU; fields `stability_score`, `point_coords (N, 2)`, `crop_box (N, 4)` x1y1x2y2) and,
+up on request. A model with a second stage (`Sam.refine_masks`, instaseg's promptable model) re-predicts
+and rescores each upscaled mask, with its point, before the stability filter. The result is an `Instances`
+(boxes x1y1x2y2 in original pixels, x2/y2 exclusive; RLE masks; `scores` = predicted IoU; fields
+`stability_score`, `point_coords (N, 2)`, `crop_box (N, 4)` x1y1x2y2) and,
 through `sam_records`, the official generator's list of records.
 
 Two modes:
@@ -38,7 +40,8 @@ from torch import nn
 from instaseg.io.images import ImageSource, load_image
 from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions
 from instaseg.models.sam import MASK_THRESHOLD, Sam
-from instaseg.models.sam.predictor import SamPredictor, stability_score
+from instaseg.models.sam.common import stability_score
+from instaseg.models.sam.predictor import SamPredictor
 from instaseg.models.sam.transforms import postprocess_masks, scale_coords, to_rgb_array
 from instaseg.ops import nms
 from instaseg.structures.boxes import box_area
@@ -278,6 +281,11 @@ class AutomaticMaskGenerator:
         for start in range(0, len(index), UPSAMPLE_CHUNK):
             chunk = index[start : start + UPSAMPLE_CHUNK]
             logits = postprocess_masks(low_res[chunk][None], input_size, crop_size, model.image_size)[0]
+            clicks = (point_coords[chunk][:, None].float(), torch.ones(len(chunk), 1, dtype=torch.int64))
+            refined, chunk_iou = model.refine_masks(
+                self.predictor.detail, logits[:, None], iou[chunk][:, None], None, clicks
+            )
+            logits, chunk_iou = refined[:, 0], chunk_iou[:, 0]
             stability = stability_score(logits, settings.stability_score_offset)
             passed = _passing(stability, settings.stability_score_thresh, strict=False)
             masks = logits[passed] > MASK_THRESHOLD
@@ -288,7 +296,7 @@ class AutomaticMaskGenerator:
             for mask, (bx1, by1, bx2, by2) in zip(masks.numpy(), boxes.int().tolist(), strict=True):
                 crops.append(MaskCrop(y0 + by1, x0 + bx1, mask[by1 : by2 + 1, bx1 : bx2 + 1].copy()))
             kept_boxes.append(boxes + torch.tensor([x0, y0, x0, y0], dtype=torch.float32))
-            kept_iou.append(iou[selected])
+            kept_iou.append(chunk_iou[passed][~near_edge])
             kept_stability.append(stability[passed][~near_edge])
             kept_points.append(point_coords[selected] + torch.tensor([x0, y0], dtype=torch.float64))
         count = sum(len(b) for b in kept_boxes)

@@ -54,3 +54,21 @@ class MLP(nn.Module):
             if index < len(self.layers) - 1:
                 x = F.relu(x)
         return x
+
+
+# SAM's masks are its logits above 0; the stability score compares the masks at 0 +- this offset (the
+# official automatic mask generator's default).
+MASK_THRESHOLD = 0.0
+STABILITY_OFFSET = 1.0
+
+
+def stability_score(logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> torch.Tensor:
+    """`(..., H, W)` mask logits -> `(...)` IoU of the masks `logits > offset` and `logits > -offset`.
+
+    The first mask lies inside the second, so the IoU is a ratio of pixel counts (0/0 gives NaN, as the
+    official generator does; such a mask never passes a threshold).
+    """
+    # int32 counts over the flattened mask: exact, and ~7x faster than bool.sum's int64 over two dims.
+    inner = (logits > MASK_THRESHOLD + offset).flatten(-2).sum(dim=-1, dtype=torch.int32)
+    outer = (logits > MASK_THRESHOLD - offset).flatten(-2).sum(dim=-1, dtype=torch.int32)
+    return inner.float() / outer.float()

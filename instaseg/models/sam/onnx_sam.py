@@ -79,11 +79,12 @@ class OnnxSam:
         self,
         detail: None,
         logits: torch.Tensor,
+        iou: torch.Tensor,
         boxes: torch.Tensor | None,
         clicks: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> torch.Tensor:
-        """`Sam.refine_masks`: the logits unchanged."""
-        return logits
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`Sam.refine_masks`: the logits and scores unchanged."""
+        return logits, iou
 
     def decode(
         self,

@@ -11,9 +11,10 @@ Prompt coordinates are original-image pixels, x then y (pixel corners: the centr
 x = 3.5; the official SAM API takes the same numbers). A call with B prompts (B point sets, B boxes, or B
 boxes each with its point set) is decoded as one batch; the result is one `Instances` of `B * C` masks, C = 3
 with `multimask=True` (the three disambiguating answers) else 1, ordered prompt by prompt. Fields:
-`scores` = predicted IoU, `stability_score` (IoU of the masks at logit thresholds +1 and -1),
-`low_res_logits (B * C, 256, 256)` (feed one back as `mask_input`), `prompt_index (B * C,)`; `labels` are 1
-(SAM is class-agnostic); boxes are the masks' tight boxes x1y1x2y2 in original pixels (x2, y2 exclusive).
+`scores` = predicted IoU (rescored by a model with a second stage, `Sam.refine_masks`), `stability_score`
+(IoU of the masks at logit thresholds +1 and -1), `low_res_logits (B * C, 256, 256)` (feed one back as
+`mask_input`), `prompt_index (B * C,)`; `labels` are 1 (SAM is class-agnostic); boxes are the masks' tight
+boxes x1y1x2y2 in original pixels (x2, y2 exclusive).
 `refine(detections)` turns another model's boxes (e.g. Mask R-CNN's `Instances`) into SAM masks.
 """
 
@@ -28,33 +29,21 @@ import torch
 
 from instaseg.io.images import ImageSource, load_image
 from instaseg.models.sam import MASK_THRESHOLD, Sam, load_sam
+from instaseg.models.sam.common import stability_score
 from instaseg.models.sam.onnx_sam import OnnxSam
 from instaseg.models.sam.transforms import postprocess_masks, resize_image, scale_boxes, scale_coords
 from instaseg.structures.boxes import mask_boxes
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
 
-__all__ = ["PromptError", "SamPredictor", "stability_score"]
+__all__ = ["PromptError", "SamPredictor"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence
-STABILITY_OFFSET = 1.0
 SAM_LABEL = 1
 
 
 class PromptError(ValueError):
     """A prompt that SAM cannot take; the message names the argument and what is wrong."""
-
-
-def stability_score(logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> torch.Tensor:
-    """`(..., H, W)` mask logits -> `(...)` IoU of the masks `logits > offset` and `logits > -offset`.
-
-    The first mask lies inside the second, so the IoU is a ratio of pixel counts (0/0 gives NaN, as the
-    official generator does; such a mask never passes a threshold).
-    """
-    # int32 counts over the flattened mask: exact, and ~7x faster than bool.sum's int64 over two dims.
-    inner = (logits > MASK_THRESHOLD + offset).flatten(-2).sum(dim=-1, dtype=torch.int32)
-    outer = (logits > MASK_THRESHOLD - offset).flatten(-2).sum(dim=-1, dtype=torch.int32)
-    return inner.float() / outer.float()
 
 
 class SamPredictor:
@@ -212,7 +201,7 @@ class SamPredictor:
         if self.detail is not None:
             prompt_boxes = None if boxes is None else self._to_original(take(boxes))
             clicks = None if points is None else (self._to_original(points[0]), points[1])
-            logits = self.model.refine_masks(self.detail, logits, prompt_boxes, clicks)
+            logits, iou = self.model.refine_masks(self.detail, logits, iou, prompt_boxes, clicks)
         per_prompt = low_res.shape[1]
         logits = logits.flatten(0, 1)
         bitmaps = logits > MASK_THRESHOLD

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from instaseg.models.sam.common import MASK_THRESHOLD
 from instaseg.models.sam.mask_decoder import MaskDecoder, selected_outputs
 from instaseg.models.sam.prompt_encoder import PromptEncoder
 from instaseg.models.sam.tiny_vit import TinyViTImageEncoder
@@ -21,7 +22,6 @@ from instaseg.models.sam.vit_encoder import IMAGE_SIZE, ViTConfig, ViTImageEncod
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-MASK_THRESHOLD = 0.0
 # Prompts the eager API decodes at a time. The decoder's per-prompt image tensors are (4096, 256) float32,
 # 4 MB a prompt: in groups of 4 they stay in cache, about 1.5x faster per prompt than a batch of 64 on a
 # 2-core VM (docs/benchmarks.md). Each prompt is decoded independently, so results do not depend on the
@@ -85,13 +85,14 @@ class Sam(nn.Module):
         self,
         detail: Any,
         logits: torch.Tensor,
+        iou: torch.Tensor,
         boxes: torch.Tensor | None,
         clicks: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> torch.Tensor:
-        """`(B, C, H, W)` full-resolution mask logits -> the same, re-predicted from `detail` with the
-        prompts in original pixels (boxes `(B, 4)` x1y1x2y2, clicks `(B, N, 2)` x, y with `(B, N)` labels;
-        None where not given); SAM returns them unchanged."""
-        return logits
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(B, C, H, W)` full-resolution mask logits and their `(B, C)` scores (predicted IoU) -> the same,
+        re-predicted from `detail` with the prompts in original pixels (boxes `(B, 4)` x1y1x2y2, clicks
+        `(B, N, 2)` x, y with `(B, N)` labels; None where not given); SAM returns them unchanged."""
+        return logits, iou
 
     def encode_prompts(
         self,
