@@ -207,6 +207,12 @@ def baseline_generate(
             scores = scores.flatten()
             keep = scores > iou if iou > 0 else torch.ones_like(scores, dtype=torch.bool)
             logits, scores = logits[keep], scores[keep]
+            # A second stage re-predicts each mask with its point (SAM's models return them unchanged).
+            clicks = batch.repeat_interleave(low_res.shape[1], dim=0)[keep][:, None].float()
+            refined, scores = model.refine_masks(
+                predictor.detail, logits[:, None], scores[:, None], None, (clicks, torch.ones(len(clicks), 1))
+            )
+            logits, scores = refined[:, 0], scores[:, 0]
             stable = stability_score(logits)
             keep = stable >= stability if stability > 0 else torch.ones_like(stable, dtype=torch.bool)
             masks = logits[keep] > MASK_THRESHOLD

@@ -1,13 +1,13 @@
 """Add the refiner to a trained promptable model file: the same encoder and decoder weights, the config's
-`refine_masks` set, and the refiner's mask head taken from the Mask R-CNN model file its encoder came from
-(issue 17; how the shipped `nuclei_promptable` got its second stage, docs/models.md).
+`refine_masks` set, and the refiner's mask head taken from the Mask R-CNN model file its encoder came from,
+its click maps at zero (issue 17; step 2 of configs/nuclei_promptable_refiner.yaml, whose training starts
+from this file; docs/models.md).
 
-    .venv/bin/python benchmarks/make_refined_promptable.py --model runs/measure/promptable_coarse.pt \
+    .venv/bin/python benchmarks/make_refined_promptable.py --model runs/nuclei_promptable/coarse.pt \
         --detector instaseg/assets/models/nuclei_efficientnet_lite0.pt \
-        --out instaseg/assets/models/nuclei_promptable_efficientnet_lite0.pt
+        --out runs/nuclei_promptable/refiner_start.pt
 
-The refiner is not trained further: its weights are the detector's mask head as they are. The output keeps
-`--model`'s float16 weights (when it has them) and adds the refiner's in float16.
+The output keeps `--model`'s float16 weights (when it has them) and adds the refiner's in float16.
 """
 
 from __future__ import annotations
