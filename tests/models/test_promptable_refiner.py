@@ -67,7 +67,7 @@ def test_coarse_masks_grow_into_clipped_boxes(model):
 
 
 def test_refined_masks_stay_in_their_boxes_and_empty_coarse_masks_are_kept(model, image):
-    detail = model.encode_detail(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    detail = model.encode_detail(torch.from_numpy(image).permute(2, 0, 1))
     assert detail.original_size == (48, 80) and set(detail.levels) == {"0", "1", "2", "3"}
     coarse = torch.full((2, 1, 48, 80), -5.0)
     coarse[0, 0, 10:20, 10:30] = 5.0  # the second prompt's coarse mask is empty

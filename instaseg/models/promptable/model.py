@@ -35,6 +35,7 @@ from instaseg.models.sam.common import LayerNorm2d, stability_score
 from instaseg.models.sam.prompt_encoder import EMBED_DIM, PromptEncoder
 from instaseg.models.sam.transforms import postprocess_masks, resized_shape
 from instaseg.ops import paste_masks_in_image
+from instaseg.structures.boxes import box_area
 from instaseg.structures.instances import Instances
 
 LOSS_KEYS = ("loss_mask_focal", "loss_mask_dice", "loss_iou")
@@ -147,10 +148,11 @@ class PromptableSam(Sam):
         return sparse, dense + self.prompt_maps(points, boxes)
 
     def encode_detail(self, image: Tensor) -> DetailFeatures | None:
-        """The refiner's FPN features of the `(3, H, W)` [0, 1] image (None without a refiner)."""
+        """The refiner's FPN features of the `(3, H, W)` uint8 image (None without a refiner)."""
         if self.refiner is None:
             return None
-        return self.refiner.features(self.image_encoder.backbone, image.to(self.pixel_mean.device))
+        scaled = image.to(self.pixel_mean.device, torch.float32) / 255
+        return self.refiner.features(self.image_encoder.backbone, scaled)
 
     def refine_masks(
         self,
@@ -176,7 +178,7 @@ class PromptableSam(Sam):
             rois = boxes.to(coarse).repeat_interleave(outputs, dim=0)
         if clicks is not None:
             clicks = tuple(tensor.to(coarse.device).repeat_interleave(outputs, dim=0) for tensor in clicks)
-        empty = (rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])
+        empty = box_area(rois) <= 0
         refined = torch.logit(self.refiner(detail, rois, clicks), eps=REFINED_PROBABILITY_EPS)
         refined = torch.where(empty[:, None, None], coarse, refined)
         stability = torch.nan_to_num(stability_score(refined), nan=0.0)
@@ -313,7 +315,7 @@ class PromptableSam(Sam):
         new_h, new_w = resized_shape(height, width, self.image_size)
         to_frame = full.new_tensor([new_w / width, new_h / height], dtype=torch.float32)
         scale = self.image_size / low_res.shape[-1]  # low-res pixel -> input pixel
-        detail = self.encode_detail(image)
+        detail = refiner.features(self.image_encoder.backbone, image)
         with torch.no_grad():
             embedding = self.image_encoder(self._prepare(image)[None])
         boxes = None
@@ -336,8 +338,9 @@ class PromptableSam(Sam):
                 previous = logits[rows, best][:, None]
                 coarse = postprocess_masks(previous, (new_h, new_w), (height, width), self.image_size)[:, 0]
                 rois = refiner.mask_rois(coarse > 0) if boxes is None else boxes / to_frame.repeat(2)
-                missed = (rois[:, 2] <= rois[:, 0]) | (rois[:, 3] <= rois[:, 1])
-                rois = torch.where(missed[:, None], refiner.mask_rois(full), rois)
+                missed = box_area(rois) <= 0
+                if missed.any():
+                    rois = torch.where(missed[:, None], refiner.mask_rois(full), rois)
             clicks = (coords / to_frame, labels) if coords.shape[1] else None
             box_logits = refiner.box_logits(detail, rois, clicks)
             truth = project_masks_on_boxes(full.float(), rois, rows, box_logits.shape[-1]) > 0.5

@@ -72,19 +72,9 @@ class OnnxSam:
         return torch.from_numpy(embedding)
 
     def encode_detail(self, image: torch.Tensor) -> None:
-        """`Sam.encode_detail`: the exported graphs have no second stage."""
+        """`Sam.encode_detail`: the exported graphs have no second stage (so `SamPredictor`, which refines
+        only with detail features, never asks for `refine_masks`)."""
         return None
-
-    def refine_masks(
-        self,
-        detail: None,
-        logits: torch.Tensor,
-        iou: torch.Tensor,
-        boxes: torch.Tensor | None,
-        clicks: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`Sam.refine_masks`: the logits and scores unchanged."""
-        return logits, iou
 
     def decode(
         self,

@@ -87,8 +87,7 @@ class SamPredictor:
         resized = resize_image(rgb, self.model.image_size)
         tensor = torch.from_numpy(resized).to(self.device).permute(2, 0, 1)[None].float()
         self._embedding = self.model.encode_image(tensor)
-        original = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float() / 255
-        self.detail = self.model.encode_detail(original)
+        self.detail = self.model.encode_detail(torch.from_numpy(rgb).permute(2, 0, 1))
         self.original_size = (rgb.shape[0], rgb.shape[1])
         self.input_size = (resized.shape[0], resized.shape[1])
 

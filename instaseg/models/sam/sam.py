@@ -78,7 +78,7 @@ class Sam(nn.Module):
 
     def encode_detail(self, image: torch.Tensor) -> Any:
         """Features a second stage re-predicts masks from, computed once per image with the embedding
-        (`(3, H, W)` float image in [0, 1], original size); None: SAM has no second stage."""
+        (`(3, H, W)` uint8 image, original size); None: SAM has no second stage."""
         return None
 
     def refine_masks(
