@@ -158,3 +158,27 @@ def test_the_refiner_starts_from_the_detectors_mask_head():
     assert weights["click_maps.weight"].abs().sum() == 0  # still the zero start
     with pytest.raises(ConfigError, match="has no refiner"):
         load_promptable_refiner_weights(build_promptable(PromptableConfig(image_size=64)), "unused.pt")
+
+
+def test_refiner_training_boxes_are_the_full_resolution_boxes(image, monkeypatch):
+    """With no jitter, a box prompt's refiner RoI is the object's exact box in image pixels, not a box
+    taken from the 32 x 32 low-res truth (off by up to a low-res cell)."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(
+        REFINED, trained_stage="refiner", box_prompt_probability=1.0, box_noise=0.0, corrective_clicks=0
+    )
+    model = build_promptable(config).train()
+    masks = torch.zeros(1, 48, 80, dtype=torch.bool)
+    masks[0, 9:23, 11:29] = True  # not on the low-res grid's 2.5-pixel cells
+    box = torch.tensor([[11.0, 9, 29, 23]])
+    target = Instances((48, 80), box, torch.ones(1, dtype=torch.int64), masks=Masks.from_bitmaps(masks))
+    seen = []
+    box_logits = model.refiner.box_logits
+
+    def recording(detail, boxes, clicks=None):
+        seen.append(boxes.clone())
+        return box_logits(detail, boxes, clicks)
+
+    monkeypatch.setattr(model.refiner, "box_logits", recording)
+    model([torch.from_numpy(image).permute(2, 0, 1).float() / 255], [target])
+    torch.testing.assert_close(seen[0], box)

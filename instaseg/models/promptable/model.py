@@ -318,10 +318,14 @@ class PromptableSam(Sam):
         detail = refiner.features(self.image_encoder.backbone, image)
         with torch.no_grad():
             embedding = self.image_encoder(self._prepare(image)[None])
-        boxes = None
+        boxes = prompt_rois = None
         coords = torch.zeros(len(full), 0, 2, device=full.device)
         if bool(torch.rand(()) < config.box_prompt_probability):
-            boxes = jittered_boxes(low_res, config.box_noise, config.box_noise_max / scale) * scale
+            # Jittered about the full-resolution box, as a user draws it: a box taken from the low-res
+            # truth is off by up to a low-res cell (5 px of a 696x520 image) before any jitter.
+            max_noise = config.box_noise_max / float(to_frame[0])
+            prompt_rois = jittered_boxes(full, config.box_noise, max_noise)
+            boxes = prompt_rois * to_frame.repeat(2)
         else:
             coords = random_points(low_res)[:, None] * scale
         labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=full.device)
@@ -337,7 +341,7 @@ class PromptableSam(Sam):
                     best = torch.zeros_like(rows)
                 previous = logits[rows, best][:, None]
                 coarse = postprocess_masks(previous, (new_h, new_w), (height, width), self.image_size)[:, 0]
-                rois = refiner.mask_rois(coarse > 0) if boxes is None else boxes / to_frame.repeat(2)
+                rois = refiner.mask_rois(coarse > 0) if prompt_rois is None else prompt_rois
                 missed = box_area(rois) <= 0
                 if missed.any():
                     rois = torch.where(missed[:, None], refiner.mask_rois(full), rois)
