@@ -21,13 +21,13 @@ import torch
 
 from instaseg.data.coco import read_coco
 from instaseg.data.records import image_record_to_instances
-from instaseg.evaluation.interactive import evaluate_prompts, mask_ious, tight_boxes
+from instaseg.evaluation.interactive import evaluate_prompts, mask_ious
 from instaseg.io.images import load_image, to_tensor
 from instaseg.models import load_model, load_promptable
 from instaseg.models.promptable.prompt_simulation import error_region_click
 from instaseg.models.protocol import DetectOptions, SegmentationModel
 from instaseg.models.sam.predictor import SamPredictor
-from instaseg.structures.boxes import box_iou
+from instaseg.structures.boxes import box_iou, mask_boxes
 
 EVERY_DETECTION = DetectOptions(score_threshold=0.05, max_detections=1000)
 
@@ -50,7 +50,7 @@ def detector_answers(
         clicked.append(under[np.argmax(scores[under])] if len(under) else -1)
     clicked = np.array(clicked)
     answers = np.where(clicked[:, None, None] >= 0, masks[np.maximum(clicked, 0)], False)
-    overlaps = box_iou(torch.from_numpy(tight_boxes(truths)).float(), found.boxes.float().cpu())
+    overlaps = box_iou(mask_boxes(torch.from_numpy(truths)), found.boxes.float().cpu())
     boxed = masks[overlaps.argmax(dim=1).numpy()]
     return mask_ious(answers, truths), mask_ious(boxed, truths), int((clicked < 0).sum())
 

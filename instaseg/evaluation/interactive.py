@@ -27,6 +27,7 @@ from instaseg.data.coco import read_coco
 from instaseg.data.records import image_record_to_instances
 from instaseg.io.images import load_image
 from instaseg.models.promptable.prompt_simulation import error_region_click
+from instaseg.structures.boxes import mask_boxes
 from instaseg.structures.instances import Instances
 
 MAX_CLICKS = 20
@@ -54,15 +55,6 @@ def mask_ious(predictions: np.ndarray, truths: np.ndarray) -> np.ndarray:
     intersection = (predictions & truths).sum(axis=(1, 2))
     union = (predictions | truths).sum(axis=(1, 2))
     return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
-
-
-def tight_boxes(masks: np.ndarray) -> np.ndarray:
-    """`(B, H, W)` bool masks (none empty) -> `(B, 4)` float x1y1x2y2 in pixels, x2 / y2 exclusive."""
-    boxes = []
-    for mask in masks:
-        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-        boxes.append((cols[0], rows[0], cols[-1] + 1, rows[-1] + 1))
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 def simulate_clicks(
@@ -121,7 +113,7 @@ def box_prompt_ious(segmenter: PromptSegmenter, truths: np.ndarray) -> np.ndarra
     """IoU of the one mask predicted from each `(B, H, W)` truth's tight box -> `(B,)`."""
     if len(truths) == 0:
         return np.zeros(0)
-    result = segmenter.predict(boxes=tight_boxes(truths), multimask=False)
+    result = segmenter.predict(boxes=mask_boxes(torch.from_numpy(truths)), multimask=False)
     return mask_ious(result.masks.bitmaps().cpu().numpy(), truths)
 
 

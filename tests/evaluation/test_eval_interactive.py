@@ -13,7 +13,6 @@ from instaseg.evaluation.interactive import (
     number_of_clicks,
     simulate_clicks,
     summarize,
-    tight_boxes,
 )
 from instaseg.models.promptable.prompt_simulation import Click, error_region_click
 from instaseg.structures.instances import Instances
@@ -192,13 +191,16 @@ def test_box_prompts_use_tight_boxes():
     disc = np.zeros((1, SIZE, SIZE), dtype=bool)
     yy, xx = np.mgrid[:SIZE, :SIZE]
     disc[0] = (yy - 20) ** 2 + (xx - 15) ** 2 <= 36
-    np.testing.assert_array_equal(tight_boxes(disc), [[9, 14, 22, 27]])
+
+    seen = []
 
     def fill_box(_, box):
-        x1, y1, x2, y2 = np.asarray(box, dtype=int)
+        seen.append(np.asarray(box, dtype=float))
+        x1, y1, x2, y2 = seen[-1].astype(int)
         return square(x1, y1, x2, y2)
 
     ious = box_prompt_ious(ScriptedSegmenter(disc, fill_box), disc)
+    np.testing.assert_array_equal(seen, [[9, 14, 22, 27]])  # x2 / y2 exclusive
     np.testing.assert_allclose(ious, [disc.sum() / 169])
 
 

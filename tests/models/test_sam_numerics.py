@@ -14,7 +14,9 @@ from instaseg.models.sam.transforms import (
     postprocess_masks,
     resize_image,
     resized_shape,
+    scale_boxes,
     scale_coords,
+    unscale_coords,
 )
 from instaseg.models.sam.vit_encoder import relative_positions, window_partition, window_unpartition
 
@@ -61,6 +63,14 @@ def test_points_are_shifted_to_pixel_centres_and_scaled_in_float64() -> None:
     torch.testing.assert_close(embedded, expected)
     scaled = scale_coords(torch.tensor([[348.0, 260.0]]), (520, 696))
     torch.testing.assert_close(scaled, torch.tensor([[348.0 * 1024 / 696, 260.0 * 765 / 520]]))
+
+
+def test_unscaling_undoes_the_resize_of_points_and_boxes() -> None:
+    original, resized = (520, 696), resized_shape(520, 696)
+    points = torch.tensor([[[0.0, 0.0], [695.0, 519.0], [348.0, 260.0]]])
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 500.0]])
+    torch.testing.assert_close(unscale_coords(scale_coords(points, original), original, resized), points)
+    torch.testing.assert_close(unscale_coords(scale_boxes(boxes, original), original, resized), boxes)
 
 
 def test_padding_point_only_without_a_box() -> None:

@@ -31,7 +31,13 @@ from instaseg.io.images import ImageSource, load_image
 from instaseg.models.sam import MASK_THRESHOLD, Sam, load_sam
 from instaseg.models.sam.common import stability_score
 from instaseg.models.sam.onnx_sam import OnnxSam
-from instaseg.models.sam.transforms import postprocess_masks, resize_image, scale_boxes, scale_coords
+from instaseg.models.sam.transforms import (
+    postprocess_masks,
+    resize_image,
+    scale_boxes,
+    scale_coords,
+    unscale_coords,
+)
 from instaseg.structures.boxes import mask_boxes
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
@@ -198,8 +204,9 @@ class SamPredictor:
         low_res, iou = self.model.decode(embedding, points, take(boxes), take(masks_in), multimask)
         logits = postprocess_masks(low_res, self.input_size, self.original_size, self.model.image_size)
         if self.detail is not None:
-            prompt_boxes = None if boxes is None else self._to_original(take(boxes))
-            clicks = None if points is None else (self._to_original(points[0]), points[1])
+            sizes = (self.original_size, self.input_size)
+            prompt_boxes = None if boxes is None else unscale_coords(take(boxes), *sizes)
+            clicks = None if points is None else (unscale_coords(points[0], *sizes), points[1])
             logits, iou = self.model.refine_masks(self.detail, logits, iou, prompt_boxes, clicks)
         per_prompt = low_res.shape[1]
         logits = logits.flatten(0, 1)
@@ -215,13 +222,6 @@ class SamPredictor:
             low_res_logits=low_res.flatten(0, 1),
             prompt_index=prompt_index,
         )
-
-    def _to_original(self, xy: torch.Tensor) -> torch.Tensor:
-        """Boxes `(B, 4)` or points `(B, N, 2)` in the model's input frame -> original pixels (the
-        `scale_boxes` / `scale_coords` resize undone)."""
-        (height, width), (new_h, new_w) = self.original_size, self.input_size
-        scale = xy.new_tensor([width / new_w, height / new_h])
-        return xy * (scale.repeat(2) if xy.shape[-1] == 4 else scale)
 
     def _check_prompts(
         self,

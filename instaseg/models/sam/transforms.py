@@ -55,6 +55,16 @@ def scale_boxes(
     return scale_coords(boxes.reshape(-1, 2, 2), original_size, target).reshape(-1, 4)
 
 
+def unscale_coords(
+    xy: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
+) -> torch.Tensor:
+    """`scale_coords` / `scale_boxes` undone: `(..., 2)` points or `(..., 4)` x1y1x2y2 boxes in the resized
+    `input_size` `(h, w)` frame -> original pixels."""
+    (height, width), (new_h, new_w) = original_size, input_size
+    scale = xy.new_tensor([width / new_w, height / new_h])
+    return xy * (scale.repeat(2) if xy.shape[-1] == 4 else scale)
+
+
 def postprocess_masks(
     low_res: torch.Tensor,
     input_size: tuple[int, int],
