@@ -33,7 +33,13 @@ from instaseg.models.promptable.refiner import DetailFeatures, RoIMaskRefiner
 from instaseg.models.sam import Sam
 from instaseg.models.sam.common import LayerNorm2d, stability_score
 from instaseg.models.sam.prompt_encoder import EMBED_DIM, PromptEncoder
-from instaseg.models.sam.transforms import postprocess_masks, resized_shape
+from instaseg.models.sam.transforms import (
+    postprocess_masks,
+    resized_shape,
+    scale_boxes,
+    scale_coords,
+    unscale_coords,
+)
 from instaseg.ops import paste_masks_in_image
 from instaseg.structures.boxes import box_area
 from instaseg.structures.instances import Instances
@@ -313,7 +319,6 @@ class PromptableSam(Sam):
             return []
         height, width = image.shape[-2:]
         new_h, new_w = resized_shape(height, width, self.image_size)
-        to_frame = full.new_tensor([new_w / width, new_h / height], dtype=torch.float32)
         scale = self.image_size / low_res.shape[-1]  # low-res pixel -> input pixel
         detail = refiner.features(self.image_encoder.backbone, image)
         with torch.no_grad():
@@ -323,9 +328,9 @@ class PromptableSam(Sam):
         if bool(torch.rand(()) < config.box_prompt_probability):
             # Jittered about the full-resolution box, as a user draws it: a box taken from the low-res
             # truth is off by up to a low-res cell (5 px of a 696x520 image) before any jitter.
-            max_noise = config.box_noise_max / float(to_frame[0])
+            max_noise = config.box_noise_max * width / new_w
             prompt_rois = jittered_boxes(full, config.box_noise, max_noise)
-            boxes = prompt_rois * to_frame.repeat(2)
+            boxes = scale_boxes(prompt_rois, (height, width), self.image_size)
         else:
             coords = random_points(low_res)[:, None] * scale
         labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=full.device)
@@ -345,7 +350,9 @@ class PromptableSam(Sam):
                 missed = box_area(rois) <= 0
                 if missed.any():
                     rois = torch.where(missed[:, None], refiner.mask_rois(full), rois)
-            clicks = (coords / to_frame, labels) if coords.shape[1] else None
+            clicks = None
+            if coords.shape[1]:
+                clicks = (unscale_coords(coords, (height, width), (new_h, new_w)), labels)
             box_logits = refiner.box_logits(detail, rois, clicks)
             truth = project_masks_on_boxes(full.float(), rois, rows, box_logits.shape[-1]) > 0.5
             losses, ious, _ = mask_losses(
@@ -356,7 +363,8 @@ class PromptableSam(Sam):
                 probabilities = box_logits.detach().sigmoid()[:, None]
                 refined = paste_masks_in_image(probabilities, rois, (height, width))[:, 0] > 0.5
                 click_xy, click_labels = corrective_clicks(refined, full)
-            coords = torch.cat([coords, (click_xy * to_frame)[:, None]], dim=1)
+            click_xy = scale_coords(click_xy, (height, width), self.image_size)
+            coords = torch.cat([coords, click_xy[:, None]], dim=1)
             labels = torch.cat([labels, click_labels[:, None]], dim=1)
         return rounds
 
