@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import torch
 
+# Keeps the paired IoU finite for empty boxes.
+_PAIRED_EPS = 1e-7
+
 __all__ = [
     "box_area",
     "box_iou",
     "clip_boxes",
     "mask_boxes",
+    "paired_giou",
+    "paired_iou",
     "remove_small_boxes",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
@@ -49,6 +54,33 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return torch.where(
         union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(inter)
     )
+
+
+def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """(N, 4), (N, 4) -> (N,) IoU of `boxes1[i]` and `boxes2[i]`, row by row (`box_iou` builds the N x M
+    matrix, which 100,000 assignment pairs cannot afford)."""
+    return _paired_iou_and_hull(boxes1, boxes2)[0]
+
+
+def paired_giou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """`(N,)` generalised IoU (IoU minus the hull's share not covered by the union), in [-1, 1]."""
+    iou, union, hull = _paired_iou_and_hull(boxes1, boxes2)
+    return iou - (hull - union) / (hull + _PAIRED_EPS)
+
+
+def _paired_iou_and_hull(
+    boxes1: torch.Tensor, boxes2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(dim=1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(dim=1)
+    union = area1 + area2 - inter
+    hull = (torch.maximum(boxes1[:, 2:], boxes2[:, 2:]) - torch.minimum(boxes1[:, :2], boxes2[:, :2])).prod(
+        dim=1
+    )
+    return inter / (union + _PAIRED_EPS), union, hull
 
 
 def clip_boxes(boxes: torch.Tensor, image_size_hw: tuple[int, int]) -> torch.Tensor:

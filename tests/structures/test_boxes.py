@@ -9,6 +9,8 @@ from instaseg.structures import (
     box_area,
     box_iou,
     clip_boxes,
+    paired_giou,
+    paired_iou,
     remove_small_boxes,
     xywh_to_xyxy,
     xyxy_to_xywh,
@@ -102,3 +104,11 @@ def test_wrong_shapes_are_refused(function) -> None:
 def test_non_tensor_is_refused() -> None:
     with pytest.raises(TypeError, match="torch.Tensor"):
         box_iou([[0, 0, 1, 1]], torch.zeros(1, 4))
+
+
+def test_paired_iou_and_giou_compare_row_by_row():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [2.0, 2.0, 3.0, 3.0]])
+    torch.testing.assert_close(paired_iou(a, b), torch.tensor([1 / 3, 0.0]))
+    torch.testing.assert_close(paired_giou(a, b), torch.tensor([1 / 3, -7 / 9]))
+    torch.testing.assert_close(paired_iou(a, b), box_iou(a, b).diagonal())

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from instaseg.models.condinst.losses import paired_iou
+from instaseg.structures.boxes import paired_iou
 
 _EPS = 1e-7
 

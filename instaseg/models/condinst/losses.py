@@ -1,9 +1,5 @@
 """Losses of the single-stage model: quality focal loss (classification against IoU soft labels), GIoU for
-boxes, Dice + BCE for masks; and the paired box IoU they and the assigner share.
-
-Boxes are `(N, 4)` x1y1x2y2; "paired" functions compare row i of one tensor with row i of the other (the
-pairwise `box_iou` of `instaseg.ops` builds an N x M matrix, which 100,000 assignment pairs cannot afford).
-"""
+boxes (`structures.boxes.paired_giou`), Dice + BCE for masks."""
 
 from __future__ import annotations
 
@@ -12,32 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from instaseg.models.mask_head import project_masks_on_boxes
-
-_EPS = 1e-7
-
-
-def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """`(N,)` IoU of `boxes1[i]` and `boxes2[i]`."""
-    return _paired_iou_and_hull(boxes1, boxes2)[0]
-
-
-def paired_giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """`(N,)` generalised IoU (IoU minus the hull's share not covered by the union), in [-1, 1]."""
-    iou, union, hull = _paired_iou_and_hull(boxes1, boxes2)
-    return iou - (hull - union) / (hull + _EPS)
-
-
-def _paired_iou_and_hull(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
-    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
-    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(dim=1)
-    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(dim=1)
-    union = area1 + area2 - inter
-    hull = (torch.maximum(boxes1[:, 2:], boxes2[:, 2:]) - torch.minimum(boxes1[:, :2], boxes2[:, :2])).prod(
-        dim=1
-    )
-    return inter / (union + _EPS), union, hull
 
 
 def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:

@@ -24,7 +24,7 @@ from instaseg.models.condinst.config import HEAD_STRIDES, CondInstConfig
 from instaseg.models.condinst.dynamic_mask import dynamic_mask_logits
 from instaseg.models.condinst.head import DenseHead, HeadOutputs, MaskBranch
 from instaseg.models.condinst.layers import fold_norms
-from instaseg.models.condinst.losses import dice_loss, mask_targets, paired_giou, quality_focal_loss
+from instaseg.models.condinst.losses import dice_loss, mask_targets, quality_focal_loss
 from instaseg.models.condinst.neck import PAFPN
 from instaseg.models.condinst.transform import NoUpscaleTransform
 from instaseg.models.efficientnet_lite import EfficientNetLite
@@ -35,6 +35,7 @@ from instaseg.models.norm import fold_frozen_batchnorm
 from instaseg.models.protocol import DEFAULT_DETECT_OPTIONS, DetectOptions, OperatingPoint
 from instaseg.models.roi_heads import Detections
 from instaseg.ops import batched_nms, clip_boxes, remove_small_boxes
+from instaseg.structures.boxes import paired_giou
 from instaseg.structures.instances import Instances
 
 LOSS_KEYS = ("loss_cls", "loss_box", "loss_mask_dice", "loss_mask_bce")
