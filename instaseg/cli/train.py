@@ -1,4 +1,5 @@
-"""`instaseg train`: train a Mask R-CNN as a YAML config describes; `key=value` arguments override entries.
+"""`instaseg train`: train a model (Mask R-CNN, CondInst, the promptable model) as a YAML config describes;
+`key=value` arguments override entries.
 
 Several processes or machines: launch the same command under torchrun, e.g.
 `torchrun --nproc_per_node 4 -m instaseg train --config run.yaml` (see docs/training.md).

@@ -23,12 +23,15 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     `mode` is "wb" or "w" (text, UTF-8). On any exception (including `OSError: No space left on device`) the
     temporary file is removed and `path` keeps its previous content. The temporary file is created with the
     ordinary permissions (umask applies), so the result is readable like any other file the user writes.
+    A missing parent folder is an error that names it (not the temporary file).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w'; got {mode!r}")
     path = Path(path)
     if path.is_dir():  # else the final rename fails, naming the temporary file
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
     tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(

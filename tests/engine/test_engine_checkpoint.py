@@ -68,6 +68,11 @@ def test_atomic_write_text_and_mode_check(tmp_path):
         pass
     assert error.value.filename == str(tmp_path)  # the target, not the temporary file
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left behind
+    with (
+        pytest.raises(FileNotFoundError, match="output folder does not exist: .*new"),
+        atomic_write(tmp_path / "new" / "b.txt", "w"),
+    ):
+        pass
 
 
 def test_missing_truncated_and_foreign_files_are_named(tmp_path):
