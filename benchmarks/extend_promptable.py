@@ -1,48 +1,57 @@
-"""Add the refiner to a trained promptable model file: the same encoder and decoder weights, the config's
-`refine_masks` set, and the refiner's mask head taken from the Mask R-CNN model file its encoder came from,
-its click maps at zero (issue 17; step 2 of configs/nuclei_promptable_refiner.yaml, whose training starts
-from this file; docs/models.md).
+"""Add a stage to a trained promptable model file: the same weights, the config switched on for the new
+part, which starts as built or from another model file (issue 17; docs/models.md, "Promptable model").
 
-    .venv/bin/python benchmarks/make_refined_promptable.py --model runs/nuclei_promptable/coarse.pt \
+`--add refiner`: the refiner, its mask head taken from the Mask R-CNN model file its encoder came from
+(`--detector`), its click maps at zero; step 2 of configs/nuclei_promptable_refiner.yaml, whose training
+starts from the output:
+
+    .venv/bin/python benchmarks/extend_promptable.py --add refiner --model runs/nuclei_promptable/coarse.pt \
         --detector instaseg/assets/models/nuclei_efficientnet_lite0.pt \
         --out runs/nuclei_promptable/refiner_start.pt
 
-The output keeps `--model`'s float16 weights (when it has them) and adds the refiner's in float16.
+`--add click_box`: the click-box head (`models/promptable/click_box.py`), at its initialisation; step 5 of
+configs/nuclei_promptable_click_box.yaml:
+
+    .venv/bin/python benchmarks/extend_promptable.py --add click_box \
+        --model instaseg/assets/models/nuclei_promptable_efficientnet_lite0.pt \
+        --out runs/nuclei_promptable/click_box_start.pt
+
+The output keeps `--model`'s float16 weights (when it has them) and adds the new part's in float16.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from instaseg.models.model_file import ModelFile, WeightsError
 from instaseg.models.promptable import (
-    build_promptable,
+    extend_promptable,
     load_promptable_refiner_weights,
     promptable_model_file,
-    resolve_promptable_config,
 )
+
+# The config switch of each part that can be added.
+SWITCHES = {"refiner": "refine_masks", "click_box": "click_box"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="promptable model file without a refiner")
-    parser.add_argument("--detector", type=Path, required=True, help="Mask R-CNN model file of its encoder")
+    parser.add_argument("--add", choices=sorted(SWITCHES), required=True, help="the part to add")
+    parser.add_argument("--model", type=Path, required=True, help="promptable model file without it")
+    parser.add_argument("--detector", type=Path, help="Mask R-CNN model file of its encoder (refiner)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    source = ModelFile.read(args.model)
-    config = resolve_promptable_config(source.config)
-    if config.refine_masks:
-        raise SystemExit(f"{args.model}: already has a refiner (refine_masks true)")
-    model = build_promptable(dataclasses.replace(config, refine_masks=True))
-    missing, unexpected = model.load_state_dict(source.state_dict, strict=False)
-    if unexpected or any(not key.startswith("refiner.") for key in missing):
-        raise WeightsError(f"{args.model}: does not fit: missing {missing}, unexpected {unexpected}")
-    load_promptable_refiner_weights(model, args.detector)
-    model.categories, model.operating_point = source.categories, source.operating_point
-    provenance = {**source.provenance, "refiner": {"mask_head_from": str(args.detector), "trained": False}}
-    written = promptable_model_file(model, provenance)
+    if args.add == "refiner" and args.detector is None:
+        parser.error("--add refiner needs --detector (the Mask R-CNN model file its mask head comes from)")
+    switch = SWITCHES[args.add]
+    model, source = extend_promptable(args.model, (args.add,), **{switch: True})
+    if source.config.get(switch):
+        raise SystemExit(f"{args.model}: already has a {args.add} ({switch} true)")
+    added: dict = {"trained": False}
+    if args.add == "refiner":
+        load_promptable_refiner_weights(model, args.detector)
+        added["mask_head_from"] = str(args.detector)
+    written = promptable_model_file(model, {**source.provenance, args.add: added})
     if source.provenance.get("weights") == "float16":
         written = written.half_precision()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,6 @@ from instaseg.models.condinst.model import CondInst
 from instaseg.models.config import MaskRCNNConfig
 from instaseg.models.mask_rcnn import MaskRCNN
 from instaseg.models.model_file import ModelFile
-from instaseg.models.promptable import LOSS_KEYS as PROMPTABLE_LOSS_KEYS
 from instaseg.models.promptable import (
     PromptableConfig,
     PromptableSam,
@@ -73,6 +72,7 @@ from instaseg.models.promptable import (
     load_promptable_encoder_weights,
     promptable_model_file,
 )
+from instaseg.models.promptable import loss_keys as promptable_loss_keys
 
 # The losses Mask R-CNN's training forward returns, in logging order (CondInst's: CONDINST_LOSS_KEYS).
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
@@ -440,7 +440,7 @@ def build_for(
 def loss_keys_for(model_config: MaskRCNNConfig | CondInstConfig | PromptableConfig) -> tuple[str, ...]:
     """The loss names the family's training forward returns, in logging order."""
     if isinstance(model_config, PromptableConfig):
-        return PROMPTABLE_LOSS_KEYS
+        return promptable_loss_keys(model_config)
     if isinstance(model_config, CondInstConfig):
         return CONDINST_LOSS_KEYS
     return LOSS_KEYS + (("loss_sem_seg",) if model_config.num_stuff_classes else ())

@@ -12,9 +12,10 @@ from instaseg.data.synthetic import make_synthetic_dataset
 from instaseg.engine.checkpoint import load_checkpoint
 from instaseg.engine.config import ConfigError, config_from_dict
 from instaseg.engine.metrics_log import read_metrics
-from instaseg.engine.trainer import PROMPTABLE_LOSS_KEYS, train
+from instaseg.engine.trainer import train
 from instaseg.models import build, load_model, load_promptable
 from instaseg.models.build import save_weights
+from instaseg.models.promptable import LOSS_KEYS as PROMPTABLE_LOSS_KEYS
 from instaseg.models.promptable import PromptableSam
 
 ITERATIONS = 3

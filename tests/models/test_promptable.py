@@ -107,6 +107,16 @@ def test_simulated_points_and_boxes_stay_on_their_objects():
     for _ in range(20):
         points = random_points(masks, generator).long()
         assert masks[0, points[0, 1], points[0, 0]] and masks[1, points[1, 1], points[1, 0]]
+    # Uniform over each mask's pixels: 4,000 draws from a 4-pixel mask land about 1,000 times on each.
+    corners = torch.zeros(4000, 8, 8, dtype=torch.bool)
+    corners[:, [1, 6], [2, 5]] = True
+    corners[:, [1, 6], [5, 2]] = True
+    drawn = random_points(corners, generator).long()
+    assert corners[torch.arange(4000), drawn[:, 1], drawn[:, 0]].all()
+    _, counts = torch.unique(drawn, dim=0, return_counts=True)
+    assert len(counts) == 4 and counts.min() > 850 and counts.max() < 1150
+    with pytest.raises(ValueError, match="mask 1 is empty"):
+        random_points(torch.stack([masks[0], torch.zeros_like(masks[0])]))
     exact = jittered_boxes(masks, 0.0, 0.0)
     torch.testing.assert_close(exact, torch.tensor([[5.0, 4, 12, 10], [0, 20, 3, 30]]))
     noisy = jittered_boxes(masks, 0.5, 3.0, generator)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
@@ -33,11 +32,6 @@ REFINED = PromptableConfig(image_size=64, refine_masks=True, refine_min_size=64,
 def model():
     torch.manual_seed(0)
     return build_promptable(REFINED)
-
-
-@pytest.fixture(scope="module")
-def image() -> np.ndarray:
-    return (np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)
 
 
 def test_clicks_are_drawn_on_their_cells_by_label():
@@ -122,7 +116,7 @@ def test_refiner_settings_are_checked():
         PromptableConfig.from_dict({"refine_masks": 1})
 
 
-def test_each_stage_trains_only_its_own_weights(image):
+def test_each_stage_trains_only_its_own_weights(image, two_objects):
     torch.manual_seed(0)
     decoder_stage = build_promptable(REFINED)
     assert not any(p.requires_grad for p in decoder_stage.refiner.parameters())
@@ -130,11 +124,7 @@ def test_each_stage_trains_only_its_own_weights(image):
     refiner_stage = build_promptable(dataclasses.replace(REFINED, trained_stage="refiner"))
     trainable = {name for name, p in refiner_stage.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith("refiner.") for name in trainable)
-    masks = torch.zeros(2, 48, 80, dtype=torch.bool)
-    masks[0, 8:24, 10:30] = True
-    masks[1, 20:40, 44:70] = True
-    boxes = torch.tensor([[10.0, 8, 30, 24], [44, 20, 70, 40]])
-    target = Instances((48, 80), boxes, torch.ones(2, dtype=torch.int64), masks=Masks.from_bitmaps(masks))
+    target = two_objects
     refiner_stage.train()
     picture = torch.from_numpy(image).permute(2, 0, 1).float() / 255
     losses = refiner_stage([picture], [target])

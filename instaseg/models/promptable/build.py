@@ -49,6 +49,23 @@ def load_promptable_weights(model: PromptableSam, weights: str | Path | dict) ->
     load_weights(model, state, source)
 
 
+def extend_promptable(
+    path: str | Path, new_parts: tuple[str, ...], **changes: Any
+) -> tuple[PromptableSam, ModelFile]:
+    """The model of the promptable model file `path` with its config changed by `changes` (e.g.
+    `click_box=True`) and the file's weights, and the file read. Only the modules named in `new_parts`
+    (e.g. `("click_box",)`) may be missing from its weights; they stay as built. `WeightsError` names the
+    file and the keys otherwise."""
+    source = ModelFile.read(path)
+    config = dataclasses.replace(resolve_promptable_config(source.config), **changes)
+    model = build_promptable(config)
+    missing, unexpected = model.load_state_dict(source.state_dict, strict=False)
+    if unexpected or any(key.split(".")[0] not in new_parts for key in missing):
+        raise WeightsError(f"{path}: does not fit: missing {missing}, unexpected {unexpected}")
+    model.categories, model.operating_point = source.categories, source.operating_point
+    return model, source
+
+
 def load_promptable_encoder_weights(model: PromptableSam, source: str | Path) -> None:
     """Start the encoder's body and FPN from a Mask R-CNN model file with an EfficientNet-Lite0 FPN of the
     same width (e.g. the bundled `nuclei_efficientnet_lite0.pt`), and the refiner (when the config has one)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from instaseg.models.config import ConfigError, ModelSettings
 
 ENCODERS = ("efficientnet_lite0_fpn",)
-TRAINED_STAGES = ("decoder", "refiner")
+TRAINED_STAGES = ("decoder", "refiner", "click_box")
 # The FPN level that becomes the image embedding: P3, stride 8 (a 256 input gives a 32x32 grid).
 EMBEDDING_STRIDE = 8
 # The bundled detector's pixel normalisation (TF's efficientnet-lite preprocessing), on a 0..1 scale.
@@ -42,6 +42,13 @@ class PromptableConfig(ModelSettings):
     `refine_min_size`, long side at most `refine_max_size`). `trained_stage`: what training updates, the
     `decoder` (prompt side and neck; the refiner stays as loaded) or the `refiner` (its mask head and click
     maps, on the frozen decoder's masks; the same rounds, losses on its 28 x 28 grid, `loss_iou` 0).
+
+    Click boxes (`click_box`, `click_box.ClickBoxHead`): a click prompt without a box gets one, regressed
+    from its first positive click and grown to hold the others (`PromptableSam.click_boxes`); the decoder
+    and the refiner answer it as a box with clicks. `trained_stage: click_box` trains only that head:
+    `prompts_per_image` objects per image, each clicked at its centre (probability
+    `centre_click_probability`, where the evaluation's first click goes) or at a random pixel of it; losses
+    `loss_box_l1` (log distances) and `loss_box_giou` (1 - GIoU).
     """
 
     num_classes: int = 2
@@ -67,6 +74,8 @@ class PromptableConfig(ModelSettings):
     refine_max_size: int = 1000
     refine_box_expansion: float = 1.15
     mask_head_channels: int = 128
+    click_box: bool = False
+    centre_click_probability: float = 0.5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -111,6 +120,12 @@ class PromptableConfig(ModelSettings):
             )
         if self.trained_stage == "refiner" and not self.refine_masks:
             raise ConfigError("trained_stage: refiner needs refine_masks: true")
+        if self.click_box and not self.refine_masks:
+            raise ConfigError("click_box: true needs refine_masks: true (the box is the refiner's)")
+        if self.trained_stage == "click_box" and not self.click_box:
+            raise ConfigError("trained_stage: click_box needs click_box: true")
+        if not 0.0 <= self.centre_click_probability <= 1.0:
+            raise ConfigError(f"centre_click_probability: {self.centre_click_probability} must be in [0, 1]")
         if self.refine_box_expansion < 1.0:
             raise ConfigError(f"refine_box_expansion: {self.refine_box_expansion} must be >= 1")
         for name in ("image_mean", "image_std"):

@@ -26,6 +26,7 @@ from instaseg.models.efficientnet_lite import EfficientNetLite
 from instaseg.models.fpn import FeaturePyramidNetwork
 from instaseg.models.mask_head import project_masks_on_boxes
 from instaseg.models.norm import norm_layer
+from instaseg.models.promptable.click_box import ClickBoxHead
 from instaseg.models.promptable.config import PromptableConfig
 from instaseg.models.promptable.prompt_maps import PromptMapEncoder
 from instaseg.models.promptable.prompt_simulation import error_region_click, jittered_boxes, random_points
@@ -41,18 +42,28 @@ from instaseg.models.sam.transforms import (
     unscale_coords,
 )
 from instaseg.ops import paste_masks_in_image
-from instaseg.structures.boxes import box_area
+from instaseg.structures.boxes import box_area, mask_boxes, paired_giou, paired_iou
 from instaseg.structures.instances import Instances
 
 LOSS_KEYS = ("loss_mask_focal", "loss_mask_dice", "loss_iou")
+# What `trained_stage: click_box` returns instead.
+CLICK_BOX_LOSS_KEYS = ("loss_box_l1", "loss_box_giou")
 ARCH = "lite0_fpn"
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
 # Index of the single-mask output among the decoder's four (1..3 are the multimask outputs).
 SINGLE_OUTPUT = slice(0, 1)
 MULTI_OUTPUTS = slice(1, 4)
+# A box derived from clicks reaches this many pixels beyond every positive click.
+CLICK_MARGIN = 2.0
 # Refined probabilities are clamped to [eps, 1 - eps] before their logits: outside its box a mask is -13.8.
 REFINED_PROBABILITY_EPS = 1e-6
+
+
+def loss_keys(config: PromptableConfig) -> tuple[str, ...]:
+    """The losses training returns, in logging order: `CLICK_BOX_LOSS_KEYS` for `trained_stage: click_box`,
+    else `LOSS_KEYS`."""
+    return CLICK_BOX_LOSS_KEYS if config.trained_stage == "click_box" else LOSS_KEYS
 
 
 class LiteFPNEncoder(nn.Module):
@@ -113,19 +124,27 @@ class PromptableSam(Sam):
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
         self.refiner = RoIMaskRefiner(config) if config.refine_masks else None
+        self.click_box = ClickBoxHead(config.encoder_channels) if config.click_box else None
         self._freeze_untrained_stage()
         self.categories: list[dict] | None = None
         self.operating_point: Any = None
 
     def _freeze_untrained_stage(self) -> None:
-        """`trained_stage` decoder: the refiner is frozen (the decoder's losses do not reach it); refiner:
-        everything but the refiner's mask head and click maps is."""
-        if self.config.trained_stage == "refiner":
+        """`trained_stage` decoder: the refiner and click-box head are frozen (the decoder's losses do not
+        reach them); refiner: everything but the refiner's mask head and click maps is; click_box:
+        everything but the click-box head."""
+        stage = self.config.trained_stage
+        if stage == "refiner":
             self.requires_grad_(False)
             for part in (self.refiner.mask_head, self.refiner.mask_predictor, self.refiner.click_maps):
                 part.requires_grad_(True)
-        elif self.refiner is not None:
-            self.refiner.requires_grad_(False)
+        elif stage == "click_box":
+            self.requires_grad_(False)
+            self.click_box.requires_grad_(True)
+        else:
+            for part in (self.refiner, self.click_box):
+                if part is not None:
+                    part.requires_grad_(False)
 
     @property
     def image_size(self) -> int:
@@ -191,13 +210,32 @@ class PromptableSam(Sam):
         scores = torch.where(empty, iou.flatten(), iou.flatten() * stability)
         return refined.view_as(logits), scores.view_as(iou)
 
+    def click_boxes(self, detail: DetailFeatures | None, clicks: tuple[Tensor, Tensor]) -> Tensor | None:
+        """Box prompts for B click prompts without a box (`(B, N, 2)` x, y original pixels, `(B, N)` labels):
+        the click-box head's box of each prompt's first positive click, grown to hold every positive click
+        (`CLICK_MARGIN` pixels beyond it), clipped to the image -> `(B, 4)` x1y1x2y2 original pixels. The
+        decoder and the refiner then answer a box with clicks, which beat the coarse mask's box at every
+        click count (docs/models.md). None without the head or when a prompt has no positive click."""
+        coords, labels = clicks
+        positive = labels == 1
+        if self.click_box is None or detail is None or not bool(positive.any(dim=1).all()):
+            return None
+        first = coords[torch.arange(len(coords)), positive.int().argmax(dim=1)]
+        boxes = self.click_box(detail, first)
+        far = torch.finfo(coords.dtype).max
+        low = torch.where(positive[..., None], coords, far).amin(dim=1) - CLICK_MARGIN
+        high = torch.where(positive[..., None], coords + 1, -far).amax(dim=1) + CLICK_MARGIN
+        boxes = torch.cat([torch.minimum(boxes[:, :2], low), torch.maximum(boxes[:, 2:], high)], dim=1)
+        height, width = detail.original_size
+        return torch.minimum(boxes.clamp(min=0), boxes.new_tensor([width, height, width, height]))
+
     def summary(self) -> dict[str, Any]:
         """Architecture facts for listings."""
         return {"family": "promptable", "arch": ARCH, **self.config.to_dict()}
 
     def forward(self, images: list[Tensor], targets: list[Instances]) -> dict[str, Tensor]:
-        """Training losses (`LOSS_KEYS`) for images `(3, H, W)` in [0, 1] and their targets' masks; the
-        prompts are drawn from torch's generator (the trainer seeds it per micro-batch)."""
+        """Training losses (`loss_keys(config)`) for images `(3, H, W)` in [0, 1] and their targets' masks;
+        the prompts are drawn from torch's generator (the trainer seeds it per micro-batch)."""
         if not self.training:
             raise RuntimeError("PromptableSam.forward computes training losses; use SamPredictor to predict")
         rounds = [losses for image in self._rounds_per_image(images, targets) for losses, _ in image]
@@ -205,27 +243,35 @@ class PromptableSam(Sam):
         # Every parameter joins the graph (with zero gradient where a step used no box or no mask input),
         # so DistributedDataParallel finds no unused parameters on any rank.
         anchor = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        return {key: anchor if totals is None else totals[i] + anchor for i, key in enumerate(LOSS_KEYS)}
+        keys = loss_keys(self.config)
+        return {key: anchor if totals is None else totals[i] + anchor for i, key in enumerate(keys)}
 
     @torch.no_grad()
     def prompt_ious(self, images: list[Tensor], targets: list[Instances]) -> Tensor:
         """Validation during training: the IoU of each prompted object after each round of the training
         simulation -> `(rounds, objects)` (round 0: the first point or box), on the low-res grid (decoder
-        stage) or on the refiner's 28 x 28 grid over each box (refiner stage)."""
+        stage) or on the refiner's 28 x 28 grid over each box (refiner stage); for the click_box stage one
+        round, the IoU of each click's predicted box with its object's box."""
         columns = [
             torch.stack([ious for _, ious in rounds])
             for rounds in self._rounds_per_image(images, targets)
             if rounds
         ]
         if not columns:
-            return torch.zeros(1 + self.config.corrective_clicks, 0)
+            rounds = 1 if self.config.trained_stage == "click_box" else 1 + self.config.corrective_clicks
+            return torch.zeros(rounds, 0)
         return torch.cat(columns, dim=1)
 
     def _rounds_per_image(
         self, images: list[Tensor], targets: list[Instances]
     ) -> list[list[tuple[Tensor, Tensor]]]:
-        """For each image, each round's `(losses (3,), per-object IoU (K,))`: of the decoder, or of the
-        refiner with `trained_stage: refiner`."""
+        """For each image, each round's `(losses, per-object IoU (K,))`: of the decoder, of the refiner with
+        `trained_stage: refiner`, or the click-box head's one round."""
+        if self.config.trained_stage == "click_box":
+            return [
+                self._simulate_click_boxes(image, target)
+                for image, target in zip(images, targets, strict=True)
+            ]
         if self.config.trained_stage == "refiner":
             return [
                 self._simulate_refined(image, target) for image, target in zip(images, targets, strict=True)
@@ -243,26 +289,32 @@ class PromptableSam(Sam):
         return self.preprocess(resized)[0]
 
     def _truths(self, target: Instances, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Up to `prompts_per_image` random objects of `target` whose low-res area should reach
-        `min_object_pixels`: on the low-res grid `(K, S/2, S/2)` bool (a low-res pixel belongs to an object
-        when most of its 2x2 input pixels do) and in original pixels `(K, H, W)` bool. Only the chosen masks
-        are resized: dense images have hundreds of objects, and resizing them all cost more than the
-        decoder."""
-        config = self.config
-        new_h, new_w = resized_shape(size[0], size[1], self.image_size)
-        low_res_area = target.masks.area().float() * (new_h * new_w) / (4 * size[0] * size[1])
-        large = torch.nonzero(low_res_area >= config.min_object_pixels).squeeze(1)
-        chosen = large[torch.randperm(len(large))[: config.prompts_per_image]]
-        device = self.pixel_mean.device
-        if len(chosen) == 0:
+        """`_chosen_objects` on the low-res grid `(K, S/2, S/2)` bool (a low-res pixel belongs to an object
+        when most of its 2x2 input pixels do) and in original pixels `(K, H, W)` bool, without the objects
+        that vanish on the low-res grid. Only the chosen masks are resized: dense images have hundreds of
+        objects, and resizing them all cost more than the decoder."""
+        bitmaps = self._chosen_objects(target, size)
+        if len(bitmaps) == 0:
             low_res = torch.zeros(0, self.image_size // 2, self.image_size // 2, dtype=torch.bool)
-            return low_res.to(device), torch.zeros(0, *size, dtype=torch.bool, device=device)
-        bitmaps = target.masks[chosen].bitmaps().to(device)
+            return low_res.to(bitmaps.device), bitmaps
+        new_h, new_w = resized_shape(size[0], size[1], self.image_size)
         masks = F.interpolate(bitmaps[None].float(), (new_h, new_w), mode="bilinear")[0]
         masks = F.pad(masks, (0, self.image_size - new_w, 0, self.image_size - new_h))
         truths = F.avg_pool2d(masks[None], 2)[0] > 0.5
         kept = truths.flatten(1).any(dim=1)
         return truths[kept], bitmaps[kept]
+
+    def _chosen_objects(self, target: Instances, size: tuple[int, int]) -> Tensor:
+        """Up to `prompts_per_image` random objects of `target` whose low-res area should reach
+        `min_object_pixels` -> their `(K, H, W)` bool masks in original pixels."""
+        new_h, new_w = resized_shape(size[0], size[1], self.image_size)
+        low_res_area = target.masks.area().float() * (new_h * new_w) / (4 * size[0] * size[1])
+        large = torch.nonzero(low_res_area >= self.config.min_object_pixels).squeeze(1)
+        chosen = large[torch.randperm(len(large))[: self.config.prompts_per_image]]
+        device = self.pixel_mean.device
+        if len(chosen) == 0:
+            return torch.zeros(0, *size, dtype=torch.bool, device=device)
+        return target.masks[chosen].bitmaps().to(device)
 
     def _decode_all(
         self,
@@ -367,6 +419,25 @@ class PromptableSam(Sam):
             coords = torch.cat([coords, click_xy[:, None]], dim=1)
             labels = torch.cat([labels, click_labels[:, None]], dim=1)
         return rounds
+
+    def _simulate_click_boxes(self, image: Tensor, target: Instances) -> list[tuple[Tensor, Tensor]]:
+        """The click-box head's training round on one `(3, H, W)` image: each chosen object clicked at its
+        centre (probability `centre_click_probability`, the evaluation's first click) or at a random pixel;
+        losses (L1 of log distances, 1 - GIoU) and the IoU of each predicted box with the object's."""
+        full = self._chosen_objects(target, image.shape[-2:])
+        if len(full) == 0:
+            return []
+        clicks = random_points(full)
+        centred = torch.rand(len(full), device=full.device) < self.config.centre_click_probability
+        if centred.any():
+            centre_clicks, _ = corrective_clicks(torch.zeros_like(full[centred]), full[centred])
+            clicks[centred] = centre_clicks
+        detail = self.refiner.features(self.image_encoder.backbone, image)
+        truth = mask_boxes(full).to(clicks)
+        l1, predicted = self.click_box.losses(detail, clicks, truth)
+        giou = paired_giou(predicted, truth)
+        losses = torch.stack([l1.mean(), (1 - giou).mean()])
+        return [(losses, paired_iou(predicted.detach(), truth))]
 
 
 def corrective_clicks(predictions: Tensor, truths: Tensor) -> tuple[Tensor, Tensor]:

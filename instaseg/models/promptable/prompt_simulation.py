@@ -69,11 +69,19 @@ def error_region_click(prediction: np.ndarray, truth: np.ndarray) -> Click | Non
 
 
 def random_points(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One uniformly drawn pixel of each `(K, H, W)` bool mask (none empty) -> `(K, 2)` float x, y."""
-    weights = masks.flatten(1).float()
-    index = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    width = masks.shape[-1]
-    return torch.stack([index % width, index // width], dim=1).float()
+    """One uniformly drawn pixel of each `(K, H, W)` bool mask (none empty) -> `(K, 2)` float x, y.
+
+    Drawn among each mask's own pixels (`nonzero`, grouped by mask) rather than by `torch.multinomial` over
+    all H x W weights, which cost 0.85 s for 64 masks of a 1040 x 1388 image on one core.
+    """
+    pixels = torch.nonzero(masks)  # (P, 3) mask, y, x in row-major order: each mask's pixels together
+    counts = torch.bincount(pixels[:, 0], minlength=len(masks))
+    if bool((counts == 0).any()):
+        raise ValueError(f"random_points: mask {int(torch.argmin(counts))} is empty")
+    draws = torch.rand(len(masks), generator=generator, device=masks.device)
+    offsets = torch.minimum((draws * counts).long(), counts - 1)
+    chosen = pixels[torch.cumsum(counts, dim=0) - counts + offsets]
+    return chosen[:, [2, 1]].float()
 
 
 def jittered_boxes(

@@ -2,15 +2,15 @@
 detector's scale.
 
 The decoder's masks live on a 128 x 128 grid over the 256 frame: for a 696x520 image a cell is 5.4 image
-pixels, coarse for 10-30 px nuclei. The refiner pools each mask's box (the user's box, or the coarse mask's
-tight box enlarged by `refine_box_expansion`) from the encoder's own FPN run at the detector's resize
-(`refine_min_size` / `refine_max_size`, P2..P5, RoIAlign 14 x 14) and predicts 28 x 28 probabilities with
-Mask R-CNN's mask head, pasted back into the image: the resolution scales with the object. The clicks
-are drawn into the pooled features (`click_maps`: positive and negative clicks as Gaussians on the 14 x 14
-RoI grid, through a 3x3 conv that starts at zero), so the refiner can tell which of the nuclei in an
-enlarged box was meant and follow corrections. Its mask head starts as the bundled detector's
-(`build.load_promptable_refiner_weights`), made for these features; `PromptableSam` trains it further
-(`trained_stage: refiner`).
+pixels, coarse for 10-30 px nuclei. The refiner pools each mask's box (the user's box, one derived from the
+clicks by `click_box.py`, or the coarse mask's tight box enlarged by `refine_box_expansion`) from the
+encoder's own FPN run at the detector's resize (`refine_min_size` / `refine_max_size`, P2..P5, RoIAlign
+14 x 14) and predicts 28 x 28 probabilities with Mask R-CNN's mask head, pasted back into the image: the
+resolution scales with the object. The clicks are drawn into the pooled features (`click_maps`: positive and
+negative clicks as Gaussians on the 14 x 14 RoI grid, through a 3x3 conv that starts at zero), so the
+refiner can tell which of the nuclei in an enlarged box was meant and follow corrections. Its mask head
+starts as the bundled detector's (`build.load_promptable_refiner_weights`), made for these features;
+`PromptableSam` trains it further (`trained_stage: refiner`).
 
     image (3, H, W) -> RoIMaskRefiner.features(backbone, image) -> DetailFeatures (P2..P5, computed once)
     boxes (N, 4) x1y1x2y2 original pixels, clicks -> RoIMaskRefiner.box_logits -> (N, 28, 28) logits

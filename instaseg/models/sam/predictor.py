@@ -201,12 +201,10 @@ class SamPredictor:
             return tensor[chunk]
 
         points = None if coords is None else (take(coords), take(labels))
-        low_res, iou = self.model.decode(embedding, points, take(boxes), take(masks_in), multimask)
+        frame_boxes, prompt_boxes, clicks = self._second_stage_prompts(points, take(boxes))
+        low_res, iou = self.model.decode(embedding, points, frame_boxes, take(masks_in), multimask)
         logits = postprocess_masks(low_res, self.input_size, self.original_size, self.model.image_size)
         if self.detail is not None:
-            sizes = (self.original_size, self.input_size)
-            prompt_boxes = None if boxes is None else unscale_coords(take(boxes), *sizes)
-            clicks = None if points is None else (unscale_coords(points[0], *sizes), points[1])
             logits, iou = self.model.refine_masks(self.detail, logits, iou, prompt_boxes, clicks)
         per_prompt = low_res.shape[1]
         logits = logits.flatten(0, 1)
@@ -222,6 +220,23 @@ class SamPredictor:
             low_res_logits=low_res.flatten(0, 1),
             prompt_index=prompt_index,
         )
+
+    def _second_stage_prompts(
+        self, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """For a model with a second stage (`detail`): the decoder's boxes in the input frame, with a box
+        derived from the clicks (`Sam.click_boxes`) where the prompts have none, and the boxes and clicks
+        in original pixels for `Sam.refine_masks`. Without one: the boxes as given, no others."""
+        if self.detail is None or (boxes is None and points is None):
+            return boxes, None, None
+        sizes = (self.original_size, self.input_size)
+        clicks = None if points is None else (unscale_coords(points[0], *sizes), points[1])
+        if boxes is not None:
+            return boxes, unscale_coords(boxes, *sizes), clicks
+        derived = self.model.click_boxes(self.detail, clicks)
+        if derived is None:
+            return None, None, clicks
+        return scale_boxes(derived, self.original_size, self.model.image_size), derived, clicks
 
     def _check_prompts(
         self,

@@ -81,6 +81,12 @@ class Sam(nn.Module):
         (`(3, H, W)` uint8 image, original size); None: SAM has no second stage."""
         return None
 
+    def click_boxes(self, detail: Any, clicks: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        """A box prompt `(B, 4)` x1y1x2y2 for each of B click prompts that came without a box (clicks
+        `(B, N, 2)` x, y and `(B, N)` labels, all in original pixels), derived from `detail`; None: SAM adds
+        none."""
+        return None
+
     def refine_masks(
         self,
         detail: Any,
