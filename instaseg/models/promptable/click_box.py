@@ -3,8 +3,9 @@
 Why: the refiner (`refiner.py`) can only fix what its box holds, and for a first click that box was the
 decoder's coarse mask's, which for 28% of the first clicks on 10 validation images took in a neighbour or
 was a fragment (docs/models.md, "Promptable model"); the bundled detector's box under the click did much
-better. This head gives the refiner such a box from the click alone, as FCOS regresses a box at a point:
-the distances from the click to the object's four sides.
+better. This head regresses such a box from the click alone, as FCOS regresses a box at a point (the
+distances from the click to the object's four sides); `PromptableSam.click_boxes` turns it into a box
+prompt that the decoder and the refiner answer with the clicks.
 
     DetailFeatures (P2..P5 at the detector's resize), clicks (N, 2) x, y in original pixels
     -> per level a WINDOW x WINDOW window of cells centred on the click (RoIAlign; P2's covers 28 resized
