@@ -4,9 +4,8 @@ EfficientNet-Lite0 FPN features, trained here on the nuclei data (`configs/nucle
 Files: `config.py` (`PromptableConfig`), `model.py` (`PromptableSam`, `LiteFPNEncoder`, the training
 losses), `prompt_maps.py` (clicks and boxes drawn as dense maps), `prompt_simulation.py` (simulated clicks
 and boxes, shared with `instaseg.evaluation.interactive`), `refiner.py` (the second stage: masks
-re-predicted in their boxes at the detector's scale), `click_box.py` (a single click's box for the refiner),
-`build.py` (names, construction, weights, model
-files).
+re-predicted in their boxes at the detector's scale), `click_box.py` (a click prompt's box, regressed
+from its first click), `build.py` (names, construction, weights, model files).
 """
 
 from instaseg.models.promptable.build import (

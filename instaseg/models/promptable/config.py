@@ -121,7 +121,7 @@ class PromptableConfig(ModelSettings):
         if self.trained_stage == "refiner" and not self.refine_masks:
             raise ConfigError("trained_stage: refiner needs refine_masks: true")
         if self.click_box and not self.refine_masks:
-            raise ConfigError("click_box: true needs refine_masks: true (the box is the refiner's)")
+            raise ConfigError("click_box: true needs refine_masks: true (the head reads the refiner's FPN)")
         if self.trained_stage == "click_box" and not self.click_box:
             raise ConfigError("trained_stage: click_box needs click_box: true")
         if not 0.0 <= self.centre_click_probability <= 1.0:

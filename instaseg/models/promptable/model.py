@@ -42,7 +42,7 @@ from instaseg.models.sam.transforms import (
     unscale_coords,
 )
 from instaseg.ops import paste_masks_in_image
-from instaseg.structures.boxes import box_area, mask_boxes, paired_giou, paired_iou
+from instaseg.structures.boxes import box_area, clip_boxes, mask_boxes, paired_giou, paired_iou
 from instaseg.structures.instances import Instances
 
 LOSS_KEYS = ("loss_mask_focal", "loss_mask_dice", "loss_iou")
@@ -226,8 +226,7 @@ class PromptableSam(Sam):
         low = torch.where(positive[..., None], coords, far).amin(dim=1) - CLICK_MARGIN
         high = torch.where(positive[..., None], coords + 1, -far).amax(dim=1) + CLICK_MARGIN
         boxes = torch.cat([torch.minimum(boxes[:, :2], low), torch.maximum(boxes[:, 2:], high)], dim=1)
-        height, width = detail.original_size
-        return torch.minimum(boxes.clamp(min=0), boxes.new_tensor([width, height, width, height]))
+        return clip_boxes(boxes, detail.original_size)
 
     def summary(self) -> dict[str, Any]:
         """Architecture facts for listings."""

@@ -38,7 +38,7 @@ from instaseg.models.sam.transforms import (
     scale_coords,
     unscale_coords,
 )
-from instaseg.structures.boxes import mask_boxes
+from instaseg.structures.boxes import clip_boxes, mask_boxes
 from instaseg.structures.instances import Instances
 from instaseg.structures.masks import Masks
 
@@ -165,8 +165,7 @@ class SamPredictor:
             masks = Masks.from_bitmaps(torch.zeros(0, height, width, dtype=torch.bool))
             iou = stability = torch.zeros(0)
         else:
-            limits = detections.boxes.new_tensor([width, height, width, height])
-            boxes = torch.minimum(detections.boxes.clamp(min=0), limits)  # boxes may overhang the image
+            boxes = clip_boxes(detections.boxes, self.original_size)  # boxes may overhang the image
             found = self.predict(boxes=boxes, multimask=False)
             masks, iou, stability = found.masks, found.scores, found.fields["stability_score"]
         return Instances(
